@@ -1,0 +1,136 @@
+"""Client sessions for exactly-once commands (Raft thesis §6.3).
+
+Every command carries (client id, sequence number, ack_below): ack_below is the
+lowest sequence the client has not yet seen answered, so results below it can be
+forgotten. The table lives in the replicated state (it is applied from the log and
+saved in snapshots), so every member deduplicates the same way. Expiry is driven by
+log indexes, never a local clock, so it is deterministic on every member."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+# One command inside a NORMAL entry: client id, sequence, ack_below, payload length.
+_COMMAND = struct.Struct("<QQQI")
+_COUNT = struct.Struct("<I")
+
+
+@dataclass(slots=True, frozen=True)
+class Command:
+    client: int
+    seq: int
+    ack_below: int
+    payload: bytes
+
+
+def encode_batch(commands: list[Command]) -> bytes:
+    parts = [_COUNT.pack(len(commands))]
+    for c in commands:
+        parts.append(_COMMAND.pack(c.client, c.seq, c.ack_below, len(c.payload)))
+        parts.append(c.payload)
+    return b"".join(parts)
+
+
+def decode_batch(data: bytes) -> list[Command]:
+    (count,) = _COUNT.unpack_from(data, 0)
+    pos = _COUNT.size
+    out = []
+    for _ in range(count):
+        client, seq, ack_below, n = _COMMAND.unpack_from(data, pos)
+        pos += _COMMAND.size
+        out.append(Command(client, seq, ack_below, data[pos : pos + n]))
+        pos += n
+    if pos != len(data):
+        raise ValueError("malformed command batch")
+    return out
+
+
+class Verdict(enum.Enum):
+    NEW = "new"  # apply it, then record the result
+    DUPLICATE = "duplicate"  # already applied: answer with the cached result
+    STALE = "stale"  # the client already acknowledged this sequence's answer
+    EXPIRED = "expired"  # the session was forgotten: the client must start a new one
+
+
+@dataclass(slots=True)
+class _Session:
+    results: dict[int, bytes] = field(default_factory=dict)
+    acked: int = 1  # every sequence below this has been answered and forgotten
+    last_index: int = 0  # log index of the session's latest command
+
+
+class SessionTable:
+    def __init__(self, max_sessions: int = 65536, ttl_entries: int = 1_000_000) -> None:
+        self.max_sessions = max_sessions
+        self.ttl_entries = ttl_entries
+        self._sessions: OrderedDict[int, _Session] = OrderedDict()  # least recently active first
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def check(self, cmd: Command, index: int) -> tuple[Verdict, bytes]:
+        """What to do with a committed command at log `index`."""
+        self._expire(index)
+        s = self._sessions.get(cmd.client)
+        if s is None:
+            if cmd.ack_below > 1:
+                return Verdict.EXPIRED, b""
+            return Verdict.NEW, b""
+        self._sessions.move_to_end(cmd.client)
+        s.last_index = index
+        if cmd.ack_below > s.acked:
+            s.acked = cmd.ack_below
+            for seq in [q for q in s.results if q < s.acked]:
+                del s.results[seq]
+        cached = s.results.get(cmd.seq)
+        if cached is not None:
+            return Verdict.DUPLICATE, cached
+        if cmd.seq < s.acked:
+            return Verdict.STALE, b""
+        return Verdict.NEW, b""
+
+    def record(self, cmd: Command, index: int, result: bytes) -> None:
+        s = self._sessions.get(cmd.client)
+        if s is None:
+            s = self._sessions[cmd.client] = _Session(acked=max(cmd.ack_below, 1))
+        s.last_index = index
+        s.results[cmd.seq] = result
+        self._sessions.move_to_end(cmd.client)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+    def _expire(self, index: int) -> None:
+        sessions = self._sessions
+        while sessions:
+            client, s = next(iter(sessions.items()))
+            if index - s.last_index <= self.ttl_entries:
+                return
+            del sessions[client]
+
+    # Sessions travel inside snapshots, so their encoding is part of the format.
+    def encode(self) -> bytes:
+        parts = [_COUNT.pack(len(self._sessions))]
+        for client, s in self._sessions.items():
+            parts.append(struct.pack("<QQQI", client, s.acked, s.last_index, len(s.results)))
+            for seq, result in s.results.items():
+                parts.append(struct.pack("<QI", seq, len(result)))
+                parts.append(result)
+        return b"".join(parts)
+
+    def restore(self, data: bytes) -> None:
+        self._sessions = OrderedDict()
+        (count,) = _COUNT.unpack_from(data, 0)
+        pos = _COUNT.size
+        for _ in range(count):
+            client, acked, last_index, n = struct.unpack_from("<QQQI", data, pos)
+            pos += 28
+            s = _Session(acked=acked, last_index=last_index)
+            for _ in range(n):
+                seq, size = struct.unpack_from("<QI", data, pos)
+                pos += 12
+                s.results[seq] = data[pos : pos + size]
+                pos += size
+            self._sessions[client] = s
