@@ -319,7 +319,9 @@ class Raft:
             elif isinstance(m, VoteResponse) and m.pre_vote:
                 pass  # a granted pre-vote carries the term we would campaign in
             else:
-                leader = m.src if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)) else None
+                leader = (
+                    m.src if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)) else None
+                )
                 self._become_follower(m.term, leader)
         elif m.term < self.term:
             if isinstance(m, (AppendEntries, Heartbeat)):

@@ -178,9 +178,12 @@ class Simulation(NodeHooks):
         self.sched = Scheduler()
         self.net = Network(self.sched, self.rng, self.plan)
         self.checker = SafetyChecker()
-        self.options = lambda m: Options(
-            m, election_ticks=cfg.election_ticks, heartbeat_ticks=cfg.heartbeat_ticks,
-            max_inflight=8, max_msg_bytes=4096,
+        self.options: Callable[[str], Options] = lambda m: Options(
+            m,
+            election_ticks=cfg.election_ticks,
+            heartbeat_ticks=cfg.heartbeat_ticks,
+            max_inflight=8,
+            max_msg_bytes=4096,
         )
         self.snapshot_every = self.rng.choice([20, 50, 200])
         self.nodes: dict[str, SimNode] = {}
@@ -190,8 +193,14 @@ class Simulation(NodeHooks):
         self.read_context = 0
         self.end_ms = cfg.fault_ms + cfg.settle_ms
         self.log: list[str] = []
-        self.stats = {"crashes": 0, "partitions": 0, "config_changes": 0, "transfers": 0,
-                      "elections": 0, "snapshots_sent": 0}
+        self.stats = {
+            "crashes": 0,
+            "partitions": 0,
+            "config_changes": 0,
+            "transfers": 0,
+            "elections": 0,
+            "snapshots_sent": 0,
+        }
         voters = [self._new_node() for _ in range(cfg.members)]
         config = Configuration(frozenset(voters))
         for m in voters:
@@ -247,7 +256,12 @@ class Simulation(NodeHooks):
         member = f"n{self.next_member}"
         self.next_member += 1
         self.nodes[member] = SimNode(
-            member, self.options(member), self.cfg.seed, self.cfg.raft_class, self, self.snapshot_every
+            member,
+            self.options(member),
+            self.cfg.seed,
+            self.cfg.raft_class,
+            self,
+            self.snapshot_every,
         )
         phase = self.rng.randrange(TICK_MS)
         self.sched.after(phase, lambda: self._tick(member))
@@ -310,7 +324,8 @@ class Simulation(NodeHooks):
         raft, rng = leader.raft, self.rng
         config = raft.config
         caught_up = [
-            m for m in sorted(config.learners)
+            m
+            for m in sorted(config.learners)
             if m in raft.progress and raft.progress[m].match >= raft.commit
         ]
         try:
@@ -383,13 +398,17 @@ class Simulation(NodeHooks):
         given_up = [op for op in self.history if op.ret is None and op.call >= heal]
         if given_up:
             return f"liveness: {len(given_up)} operations started after healing never finished"
-        finished_after = {op.client for op in self.history if op.ret is not None and op.call >= heal}
+        finished_after = {
+            op.client for op in self.history if op.ret is not None and op.call >= heal
+        }
         if len(finished_after) < len(clients):
             return "liveness: some client completed no operation after faults stopped"
         return ""
 
 
-def run_seed(seed: int, members: int, raft_class: type[Raft] = Raft, verbose: bool = False) -> SimResult:
+def run_seed(
+    seed: int, members: int, raft_class: type[Raft] = Raft, verbose: bool = False
+) -> SimResult:
     sim = Simulation(SimConfig(seed=seed, members=members, raft_class=raft_class))
     result = sim.run()
     if verbose:

@@ -85,7 +85,9 @@ class Network:
     def heal(self) -> None:
         self.side = {}
 
-    def send(self, src: str, dst: str, deliver: Callable[[], None], lost: Callable[[], None]) -> None:
+    def send(
+        self, src: str, dst: str, deliver: Callable[[], None], lost: Callable[[], None]
+    ) -> None:
         plan, rng = self.plan, self.rng
         if rng.random() < plan.drop:
             lost()

@@ -15,10 +15,14 @@ class SafetyViolation(AssertionError):
 class SafetyChecker:
     def __init__(self) -> None:
         self.leaders: dict[int, str] = {}  # term -> the leader elected in it
-        self.entries: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term) -> (data, prev term)
+        self.entries: dict[
+            tuple[int, int], tuple[bytes, int]
+        ] = {}  # (index, term) -> (data, prev term)
         self.committed: dict[int, int] = {}  # index -> term of the entry committed there
         self.applied: dict[int, tuple[int, bytes]] = {}  # index -> (term, data) applied there
-        self.leader_logs: dict[tuple[str, int], tuple[int, int]] = {}  # (member, term) -> (last index, its term)
+        self.leader_logs: dict[
+            tuple[str, int], tuple[int, int]
+        ] = {}  # (member, term) -> (last index, its term)
 
     def elected(self, member: str, term: int, log: RaftLog) -> None:
         """Election Safety, then Leader Completeness for the new leader."""
