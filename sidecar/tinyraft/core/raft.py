@@ -227,8 +227,9 @@ class Raft:
         self.uncommitted_bytes += size
         return index
 
-    def propose_config(self, op: str, member: MemberId) -> int:
-        """One membership change at a time: op is add_learner, promote or remove."""
+    def propose_config(self, op: str, member: MemberId, address: str | None = None) -> int:
+        """One membership change at a time: op is add_learner (with the member's
+        address), promote or remove. Returns the index of the configuration entry."""
         self._check_proposable()
         if not self.committed_in_term():
             raise ConfigChangeRefused("the new leader has not committed in its term yet; retry")
@@ -253,7 +254,7 @@ class Raft:
             learners.discard(member)
         else:
             raise ConfigChangeRefused(f"unknown membership change {op!r}")
-        config = Configuration(frozenset(voters), frozenset(learners))
+        config = self.config.with_members(voters, learners, {member: address} if address else {})
         index = self.log.last_index + 1
         self._append([Entry(index, self.term, EntryKind.CONFIG, config.encode())])
         return index

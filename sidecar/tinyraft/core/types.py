@@ -5,6 +5,7 @@ and easy to encode by the transport and storage layers."""
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +37,13 @@ class HardState:
 
 @dataclass(slots=True, frozen=True)
 class Configuration:
-    """Membership: voters elect and form quorums; learners only replicate."""
+    """Membership: voters elect and form quorums; learners only replicate. Addresses
+    travel with the configuration so every member can reach every other; the core
+    itself never reads them."""
 
     voters: frozenset[MemberId] = frozenset()
     learners: frozenset[MemberId] = frozenset()
+    addresses: tuple[tuple[MemberId, str], ...] = ()  # sorted (member, address) pairs
 
     @property
     def members(self) -> frozenset[MemberId]:
@@ -48,17 +52,37 @@ class Configuration:
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
+    def address(self, member: MemberId) -> str | None:
+        return dict(self.addresses).get(member)
+
+    def with_members(
+        self, voters: set[MemberId], learners: set[MemberId], new_addresses: dict[MemberId, str]
+    ) -> Configuration:
+        """A successor configuration; addresses of departed members are dropped."""
+        members = voters | learners
+        addresses = {m: a for m, a in self.addresses if m in members}
+        addresses.update({m: a for m, a in new_addresses.items() if m in members})
+        return Configuration(
+            frozenset(voters), frozenset(learners), tuple(sorted(addresses.items()))
+        )
+
     def encode(self) -> bytes:
-        voters = ",".join(sorted(self.voters))
-        learners = ",".join(sorted(self.learners))
-        return f"{voters};{learners}".encode()
+        return json.dumps(
+            {
+                "voters": sorted(self.voters),
+                "learners": sorted(self.learners),
+                "addresses": dict(self.addresses),
+            },
+            separators=(",", ":"),
+        ).encode()
 
     @staticmethod
     def decode(data: bytes) -> Configuration:
-        voters, _, learners = data.decode().partition(";")
+        raw = json.loads(data)
         return Configuration(
-            frozenset(v for v in voters.split(",") if v),
-            frozenset(v for v in learners.split(",") if v),
+            frozenset(raw["voters"]),
+            frozenset(raw["learners"]),
+            tuple(sorted(raw.get("addresses", {}).items())),
         )
 
 

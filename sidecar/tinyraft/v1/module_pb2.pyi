@@ -1,0 +1,85 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModuleEntry(_message.Message):
+    __slots__ = ("index", "command")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    command: bytes
+    def __init__(self, index: _Optional[int] = ..., command: _Optional[bytes] = ...) -> None: ...
+
+class ApplyBatchRequest(_message.Message):
+    __slots__ = ("after_index", "entries", "last_index")
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    after_index: int
+    entries: _containers.RepeatedCompositeFieldContainer[ModuleEntry]
+    last_index: int
+    def __init__(self, after_index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[ModuleEntry, _Mapping]]] = ..., last_index: _Optional[int] = ...) -> None: ...
+
+class ApplyResult(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: bytes
+    def __init__(self, result: _Optional[bytes] = ...) -> None: ...
+
+class ApplyBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ApplyResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ApplyResult, _Mapping]]] = ...) -> None: ...
+
+class ModuleQueryRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: bytes
+    def __init__(self, request: _Optional[bytes] = ...) -> None: ...
+
+class ModuleQueryResponse(_message.Message):
+    __slots__ = ("answer",)
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    answer: bytes
+    def __init__(self, answer: _Optional[bytes] = ...) -> None: ...
+
+class ModuleSnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModuleSnapshotChunk(_message.Message):
+    __slots__ = ("data", "index")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    index: int
+    def __init__(self, data: _Optional[bytes] = ..., index: _Optional[int] = ...) -> None: ...
+
+class RestoreChunk(_message.Message):
+    __slots__ = ("data", "index")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    index: int
+    def __init__(self, data: _Optional[bytes] = ..., index: _Optional[int] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("instance_id", "applied_index")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    applied_index: int
+    def __init__(self, instance_id: _Optional[str] = ..., applied_index: _Optional[int] = ...) -> None: ...
