@@ -16,5 +16,5 @@ def test_generated_stubs_match_the_protos(tmp_path):
     checked_in = ROOT / "sidecar" / "tinyraft" / "v1"
     names = sorted(p.name for p in fresh.iterdir())
     assert names, "protoc generated nothing"
-    match, mismatch, errors = filecmp.cmpfiles(fresh, checked_in, names, shallow=False)
+    _match, mismatch, errors = filecmp.cmpfiles(fresh, checked_in, names, shallow=False)
     assert not mismatch and not errors, f"regenerate with scripts/gen-proto: {mismatch + errors}"

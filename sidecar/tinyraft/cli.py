@@ -51,13 +51,32 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="with a single seed, print its event trace"
     )
 
+    sub.add_parser(
+        "sidecar",
+        help="run one member (configured by environment variables or flags; see --help)",
+        add_help=False,
+    )
+    example = sub.add_parser("example", help="run an example Module: kv or wordtracker")
+    example.add_argument("name", choices=["kv", "wordtracker"])
+    example.add_argument("--listen", required=True, metavar="HOST:PORT")
+
     demo = sub.add_parser("demo", help="a guided tour of a cluster surviving failures")
     demo.add_argument("--seed", type=int, default=7, help="the simulation seed to narrate")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sidecar"]:
+        # The sidecar parses its own flags, each also an environment variable.
+        from tinyraft.server.main import main as sidecar_main
+
+        return sidecar_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "example":
+        from tinyraft.examples.cli import main_example
+
+        return main_example(args.name, args.listen)
     if args.command == "sim":
         from tinyraft.sim.runner import main as sim_main
 

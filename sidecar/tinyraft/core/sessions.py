@@ -102,6 +102,13 @@ class SessionTable:
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
 
+    def fill(self, cmd: Command, result: bytes) -> None:
+        """Set the result of a command recorded before its result was known (the
+        sidecar records a whole batch, then asks the Module). Gone sessions stay gone."""
+        s = self._sessions.get(cmd.client)
+        if s is not None and cmd.seq in s.results:
+            s.results[cmd.seq] = result
+
     def _expire(self, index: int) -> None:
         sessions = self._sessions
         while sessions:

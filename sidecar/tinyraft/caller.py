@@ -1,0 +1,509 @@
+"""The Caller SDK: apply commands to, and query, a tinyraft cluster.
+
+    async with Caller(["raft-0.raft:7000", "raft-1.raft:7000"]) as caller:
+        result = await caller.apply(b"set x 1")
+        answer = await caller.query(b"get x")
+
+    with BlockingCaller("dns:///raft-client.default:7000") as caller:
+        caller.apply(b"set x 1")
+
+Retries are safe. A Caller is a session (a random client id) and numbers its commands
+1, 2, 3...; a retry resends the same numbers, and the cluster applies each (client id,
+number) once and answers a retry with the first result (Raft thesis §6.3). Each request
+also carries `ack_below`, the lowest number not yet answered, so the cluster can forget
+the results below it.
+
+A command whose call fails for good (retries exhausted, refused, cancelled) may or may
+not have been applied, so its number stays unanswered forever. In a session that keeps
+going, that would pin `ack_below` and make the cluster cache every later result for as
+long as the session lives; so the Caller leaves that session behind (it expires on the
+cluster once idle) and numbers later commands in a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import grpc
+import grpc.aio
+
+from tinyraft.v1 import caller_pb2, caller_pb2_grpc
+
+LEADER_METADATA_KEY = "tinyraft-leader"
+# The generated stub class is untyped; calling it through this typed name keeps mypy quiet.
+_new_stub: Callable[[grpc.aio.Channel], caller_pb2_grpc.CallerStub] = caller_pb2_grpc.CallerStub
+
+ConsistencyName = Literal["linearizable", "lease", "stale"]
+_CONSISTENCY = {
+    "linearizable": caller_pb2.CONSISTENCY_LINEARIZABLE,
+    "lease": caller_pb2.CONSISTENCY_LEASE,
+    "stale": caller_pb2.CONSISTENCY_STALE,
+}
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    # gRPC's default reconnect backoff grows to 2 minutes; members restart in seconds.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    # Answers are as large as the Module makes them; the cluster is trusted.
+    ("grpc.max_receive_message_length", -1),
+]
+
+
+class TinyraftError(Exception):
+    """Base of every error the Caller raises. `code` is the gRPC status, if there was one."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unavailable(TinyraftError):
+    """No member could serve the call before the retry policy ran out."""
+
+
+class CommandError(TinyraftError):
+    """The cluster refused a command (e.g. its session expired); it was not applied.
+    Later commands go in a new session."""
+
+    def __init__(self, message: str, position: int, error: str) -> None:
+        super().__init__(message)
+        self.position = position  # index of the command in the apply_many batch
+        self.error = error  # the cluster's reason, verbatim
+
+
+class InvalidArgument(TinyraftError):
+    """The cluster rejected the request itself (e.g. a command too large)."""
+
+
+class FailedPrecondition(TinyraftError):
+    """The member cannot serve this call in its current state (e.g. not a member)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long to keep trying a call that failed for a retryable reason.
+
+    The n-th retry waits a random time between half and all of
+    min(max_backoff, initial_backoff * multiplier**(n-1)) seconds ("equal jitter":
+    clients that failed together do not retry together, and no retry is immediate).
+    A leader hint pointing somewhere new is followed at once."""
+
+    max_attempts: int = 20
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    deadline: float = 30.0  # seconds for all attempts of one call together
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+        if not 0 < self.initial_backoff <= self.max_backoff or self.multiplier < 1:
+            raise ValueError(
+                "RetryPolicy needs 0 < initial_backoff <= max_backoff and multiplier >= 1"
+            )
+        if self.deadline <= 0:
+            raise ValueError("RetryPolicy.deadline must be positive")
+
+    def backoff(self, retry: int) -> float:
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One member's view of the cluster, from the Status RPC."""
+
+    member_id: str
+    cluster_id: str
+    role: str
+    term: int
+    leader_id: str
+    leader_address: str
+    commit_index: int
+    applied_index: int
+    voters: tuple[str, ...]
+    learners: tuple[str, ...]
+
+
+class _Session:
+    """Sequence numbers of one client id, and which of them are still unanswered."""
+
+    def __init__(self) -> None:
+        self.client_id = secrets.randbelow(2**63 - 1) + 1  # 63 bits, never 0
+        self._next = 1
+        self._unanswered: set[int] = set()
+        self._ack_below = 1  # every number below this has been answered
+
+    def reserve(self, count: int) -> range:
+        numbers = range(self._next, self._next + count)
+        self._next += count
+        self._unanswered.update(numbers)
+        return numbers
+
+    def answered(self, numbers: range) -> None:
+        self._unanswered.difference_update(numbers)
+        # Numbers are handed out contiguously, so everything in [ack_below, next) not in
+        # the unanswered set has been answered: the pointer only moves forward.
+        while self._ack_below < self._next and self._ack_below not in self._unanswered:
+            self._ack_below += 1
+
+    @property
+    def ack_below(self) -> int:
+        return self._ack_below
+
+
+class Caller:
+    """An asyncio client of a tinyraft cluster. Safe for many concurrent calls.
+
+    targets: "host:port", "dns:///name:port" (every address the name resolves to,
+      round-robin), or a list of either. Any member serves every call.
+    tls_ca, tls_cert, tls_key: PEM file paths. Giving any of them turns TLS on; tls_ca
+      defaults to the system roots, and tls_cert with tls_key is the client certificate
+      (members with TLS on require one, signed by their TLS_CA_FILE).
+    timeout: seconds per attempt (the retry policy's deadline bounds the whole call).
+    wait_for_ready: an attempt waits, up to `timeout`, for a member that is not yet
+      reachable instead of failing at once; suits a cluster that is starting up.
+    """
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        wait_for_ready: bool = True,
+    ) -> None:
+        self._targets = _check_targets(targets)
+        self._credentials = _credentials(tls_ca, tls_cert, tls_key)
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._wait_for_ready = wait_for_ready
+        self._session = _Session()
+        self._next_target = random.randrange(len(self._targets))  # spread clients out
+        self._leader: str | None = None  # from the latest hint: where writes go first
+        # Created on first use, so that they belong to the event loop that uses them.
+        self._channels: dict[str, tuple[grpc.aio.Channel, caller_pb2_grpc.CallerStub]] = {}
+        self._closed = False
+
+    async def apply(self, command: bytes) -> bytes:
+        """Apply one command; its result once committed and applied by the Module."""
+        return (await self.apply_many([command]))[0]
+
+    async def apply_many(self, commands: Sequence[bytes]) -> list[bytes]:
+        """Apply commands in order as one log entry; one result per command.
+
+        Raises CommandError if the cluster refused one of them (the others' results are
+        lost with it: call apply() per command when that matters)."""
+        for command in commands:
+            if not isinstance(command, bytes | bytearray | memoryview):
+                raise TypeError(f"commands are bytes, not {type(command).__name__}: encode first")
+        if not commands:
+            return []
+        session = self._session
+        numbers = session.reserve(len(commands))
+        ack_below = session.ack_below
+        request = caller_pb2.ApplyRequest(
+            commands=[
+                caller_pb2.Command(
+                    client_id=session.client_id, sequence=n, ack_below=ack_below, payload=c
+                )
+                for n, c in zip(numbers, commands, strict=True)
+            ]
+        )
+        try:
+            response = await self._call("Apply", lambda stub: stub.Apply, request)
+        except BaseException:
+            if self._session is session:
+                self._session = _Session()
+            raise
+        session.answered(numbers)
+        if len(response.results) != len(commands):
+            raise TinyraftError(
+                f"the cluster answered {len(response.results)} results for {len(commands)} "
+                "commands; the member runs an incompatible tinyraft version"
+            )
+        for position, result in enumerate(response.results):
+            if result.error:
+                # The usual reason is an expired session: later commands start a new one.
+                if self._session is session:
+                    self._session = _Session()
+                raise CommandError(
+                    f"the cluster refused command {position} of {len(commands)}: "
+                    f"{result.error}; it was not applied",
+                    position,
+                    result.error,
+                )
+        return [result.result for result in response.results]
+
+    async def query(self, request: bytes, consistency: ConsistencyName = "linearizable") -> bytes:
+        """Ask the Module a read-only question.
+
+        linearizable: confirmed with a quorum, never stale. lease: no extra round trip,
+        relies on bounded clock drift. stale: whatever the member answering has applied."""
+        if consistency not in _CONSISTENCY:
+            raise ValueError(
+                f"consistency must be 'linearizable', 'lease' or 'stale', not {consistency!r}"
+            )
+        message = caller_pb2.QueryRequest(request=request, consistency=_CONSISTENCY[consistency])
+        response = await self._call("Query", lambda stub: stub.Query, message)
+        answer: bytes = response.answer
+        return answer
+
+    async def status(self) -> Status:
+        """The status of whichever member answers."""
+        r = await self._call("Status", lambda stub: stub.Status, caller_pb2.StatusRequest())
+        return Status(
+            member_id=r.member_id,
+            cluster_id=r.cluster_id,
+            role=r.role,
+            term=r.term,
+            leader_id=r.leader_id,
+            leader_address=r.leader_address,
+            commit_index=r.commit_index,
+            applied_index=r.applied_index,
+            voters=tuple(r.voters),
+            learners=tuple(r.learners),
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        channels = [channel for channel, _ in self._channels.values()]
+        self._channels.clear()
+        await asyncio.gather(*(channel.close() for channel in channels))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(
+        self,
+        name: str,
+        method: Callable[[caller_pb2_grpc.CallerStub], Callable[..., Awaitable[Any]]],
+        request: Any,
+    ) -> Any:
+        """One RPC under the retry policy: the same request every attempt."""
+        if self._closed:
+            raise TinyraftError("this Caller is closed; create a new one")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + self._retry.deadline
+        failures: list[str] = []
+        hurried = False  # the previous retry skipped its backoff
+        for attempt in range(1, self._retry.max_attempts + 1):
+            target = self._leader or self._targets[self._next_target]
+            remaining = deadline - loop.time()
+            try:
+                return await method(self._stub(target))(
+                    request,
+                    timeout=min(self._timeout, remaining),
+                    wait_for_ready=self._wait_for_ready,
+                )
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                if code not in _RETRYABLE:
+                    raise _typed_error(name, target, err) from err
+                failures.append(f"{code.name} from {target}: {err.details()}")
+                redirected = self._route_after(target, code, _leader_hint(err))
+            remaining = deadline - loop.time()
+            if attempt == self._retry.max_attempts or remaining <= 0:
+                break
+            # Follow a new leader hint at once, but never twice in a row: members that
+            # disagree about the leader must not make a Caller spin.
+            hurried = redirected and not hurried
+            if not hurried:
+                await asyncio.sleep(min(self._retry.backoff(attempt), remaining))
+                if deadline - loop.time() <= 0:
+                    break
+        raise Unavailable(
+            f"{name} failed {len(failures)} attempts in {loop.time() - start:.1f}s "
+            f"(last: {failures[-1]}); check that the cluster has a leader and the targets "
+            "are reachable. An Apply may or may not have been applied.",
+            grpc.StatusCode.UNAVAILABLE,
+        )
+
+    def _route_after(self, target: str, code: grpc.StatusCode, hint: str | None) -> bool:
+        """Choose the next attempt's member; True if it should go at once."""
+        if hint:
+            fresh = hint != target
+            self._leader = hint
+            return fresh
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return False  # the member is busy, not gone: back off and ask it again
+        if target == self._leader:
+            self._leader = None  # the leader we knew is gone: back to the configured list
+        elif target == self._targets[self._next_target]:
+            self._next_target = (self._next_target + 1) % len(self._targets)
+        return False
+
+    def _stub(self, target: str) -> caller_pb2_grpc.CallerStub:
+        entry = self._channels.get(target)
+        if entry is None:
+            options = list(_CHANNEL_OPTIONS)
+            if target.startswith("dns:"):
+                # Spread calls over every address of the name and skip the dead ones.
+                options.append(("grpc.lb_policy_name", "round_robin"))
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(target, self._credentials, options=options)
+            entry = self._channels[target] = (channel, _new_stub(channel))
+        return entry[1]
+
+
+class BlockingCaller:
+    """The Caller for synchronous code: the same methods, blocking.
+
+    It runs a Caller on an event loop in a background thread; safe to share between
+    threads. Arguments are those of Caller."""
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        wait_for_ready: bool = True,
+    ) -> None:
+        self._caller = Caller(
+            targets,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            timeout=timeout,
+            retry=retry,
+            wait_for_ready=wait_for_ready,
+        )
+        self._loop = asyncio.new_event_loop()
+        # A daemon thread, so a forgotten close() cannot keep the process alive.
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tinyraft-caller", daemon=True
+        )
+        self._thread.start()
+
+    def apply(self, command: bytes) -> bytes:
+        return self._run(self._caller.apply(command))
+
+    def apply_many(self, commands: Sequence[bytes]) -> list[bytes]:
+        return self._run(self._caller.apply_many(commands))
+
+    def query(self, request: bytes, consistency: ConsistencyName = "linearizable") -> bytes:
+        return self._run(self._caller.query(request, consistency))
+
+    def status(self) -> Status:
+        return self._run(self._caller.status())
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._run(self._caller.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run[T](self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if not self._thread.is_alive():
+            coroutine.close()
+            raise TinyraftError("this BlockingCaller is closed; create a new one")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: do not leave the call running
+            raise
+
+
+def _check_targets(targets: str | Sequence[str]) -> list[str]:
+    found = [targets] if isinstance(targets, str) else list(targets)
+    if not found:
+        raise ValueError("give at least one target: 'host:port' or 'dns:///name:port'")
+    for target in found:
+        if not isinstance(target, str) or not target or "," in target or target != target.strip():
+            raise ValueError(
+                f"a target is 'host:port' or 'dns:///name:port', not {target!r} "
+                "(pass several as a list)"
+            )
+    return found
+
+
+def _credentials(
+    ca: str | Path | None, cert: str | Path | None, key: str | Path | None
+) -> grpc.ChannelCredentials | None:
+    if ca is None and cert is None and key is None:
+        return None
+    if (cert is None) != (key is None):
+        raise ValueError("tls_cert and tls_key go together: give both or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes() if ca is not None else None,
+        private_key=Path(key).read_bytes() if key is not None else None,
+        certificate_chain=Path(cert).read_bytes() if cert is not None else None,
+    )
+
+
+def _leader_hint(err: grpc.aio.AioRpcError) -> str | None:
+    for key, value in err.trailing_metadata() or ():
+        if key == LEADER_METADATA_KEY and value:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _typed_error(name: str, target: str, err: grpc.aio.AioRpcError) -> TinyraftError:
+    code = err.code()
+    details = err.details() or code.name
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(
+            f"{name} rejected by {target}: {details}; fix the request (e.g. a command over "
+            "the cluster's RAFT_MAX_COMMAND_BYTES): retrying it will not help",
+            code,
+        )
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(
+            f"{name} refused by {target}: {details}; that member cannot serve it now (e.g. it "
+            "is no longer a member): point the Caller at current members",
+            code,
+        )
+    return TinyraftError(
+        f"{name} failed at {target} with {code.name}: {details}; this is not retried "
+        "(check TLS settings, versions and the member's log)",
+        code,
+    )

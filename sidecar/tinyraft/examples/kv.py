@@ -1,0 +1,94 @@
+"""A replicated key-value store: the smallest useful Module.
+
+Commands and queries are JSON objects (UTF-8); results are compact JSON:
+
+    apply {"op":"put","key":K,"value":V}              -> {"ok":true}
+    apply {"op":"cas","key":K,"expect":E,"value":V}   -> {"ok":true,"value":V}  if K held E
+                                                       -> {"ok":false,"value":CURRENT} if not
+    query {"op":"get","key":K}                         -> {"value":V}  (null when absent)
+
+Keys and values are strings. Values are deliberately not arbitrary JSON: with strings
+only, null unambiguously means "absent", so `"expect":null` in a cas means "only if K is
+absent" (create-if-absent), and equality has no JSON surprises (1 == 1.0 == true).
+
+A bad command (not JSON, unknown op, missing or extra field, wrong type) raises
+ValueError before touching the state; the SDK turns it into the result
+{"error":"ValueError: ..."} and the rest of the batch applies.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tinyraft.module import Module
+
+_FIELDS = {"put": {"key", "value"}, "cas": {"key", "expect", "value"}}
+
+
+def _dump(value: Any) -> bytes:
+    # sort_keys + fixed separators: identical bytes on every replica.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _parse(raw: bytes, fields_by_op: dict[str, set[str]]) -> dict[str, Any]:
+    """Decode a JSON command and check its op and exact field set."""
+    try:
+        cmd = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a JSON object: {exc}") from None
+    if not isinstance(cmd, dict):
+        raise ValueError(f"not a JSON object: {type(cmd).__name__}")
+    op = cmd.get("op")
+    if not isinstance(op, str) or op not in fields_by_op:
+        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(sorted(fields_by_op))}")
+    want = fields_by_op[op]
+    got = set(cmd) - {"op"}
+    if got != want:
+        missing, extra = sorted(want - got), sorted(got - want)
+        raise ValueError(f"op {op!r}: missing fields {missing}, unexpected fields {extra}")
+    return cmd
+
+
+def _string(cmd: dict[str, Any], field: str) -> str:
+    value = cmd[field]
+    if not isinstance(value, str):
+        raise ValueError(f"{field!r} must be a string, not {_show(value)}")
+    return value
+
+
+class KvModule(Module):
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        cmd = _parse(command, _FIELDS)
+        key, value = _string(cmd, "key"), _string(cmd, "value")
+        if cmd["op"] == "put":
+            self.data[key] = value
+            return _dump({"ok": True})
+        expect = cmd["expect"]
+        if expect is not None and not isinstance(expect, str):
+            raise ValueError(f"'expect' must be a string or null, not {_show(expect)}")
+        if self.data.get(key) != expect:
+            return _dump({"ok": False, "value": self.data.get(key)})
+        self.data[key] = value
+        return _dump({"ok": True, "value": value})
+
+    def query(self, request: bytes) -> bytes:
+        cmd = _parse(request, {"get": {"key"}})
+        return _dump({"value": self.data.get(_string(cmd, "key"))})
+
+    def snapshot(self) -> bytes:
+        return _dump(self.data)
+
+    def restore(self, data: bytes) -> None:
+        state = json.loads(data)
+        if not isinstance(state, dict) or not all(isinstance(v, str) for v in state.values()):
+            raise ValueError("a kv snapshot is a JSON object of string values")
+        self.data = state  # replace only after the whole snapshot checked out

@@ -1,0 +1,274 @@
+"""The apply pipeline: committed entries -> sessions -> the user's Module, and snapshots.
+
+It runs beside the Raft loop, never inside it, so a slow or hung Module delays
+answers but never heartbeats or elections. A snapshot file is the session table
+followed by the Module's own snapshot bytes:
+
+    b"TRS1" | u64 length of the session table | session table | Module bytes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tinyraft.core.sessions import Command, SessionTable, Verdict, decode_batch
+from tinyraft.core.types import Entry, EntryKind, SnapshotMeta
+from tinyraft.server.module_client import ModuleClient, ModuleOutOfSync, ModuleUnavailable
+from tinyraft.storage import SnapshotInfo
+
+if TYPE_CHECKING:
+    from tinyraft.server.member import Member
+
+log = logging.getLogger("tinyraft.apply")
+
+MAGIC = b"TRS1"
+_LEN = struct.Struct("<Q")
+
+
+@dataclass(slots=True)
+class Result:
+    """The outcome of one command: the Module's bytes, or an error the cluster gives."""
+
+    data: bytes = b""
+    error: str = ""
+
+
+def split_snapshot(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    """Read the session table off the front of a snapshot stream."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        if len(buf) >= 12:
+            break
+    if buf[:4] != MAGIC:
+        raise ValueError("not a tinyraft snapshot (bad magic)")
+    (n,) = _LEN.unpack_from(buf, 4)
+    for chunk in chunks:
+        if len(buf) >= 12 + n:
+            break
+        buf += chunk
+    sessions, rest = buf[12 : 12 + n], buf[12 + n :]
+
+    def module_bytes() -> Iterator[bytes]:
+        if rest:
+            yield rest
+        yield from chunks
+
+    return sessions, module_bytes()
+
+
+class Applier:
+    def __init__(self, member: Member, module: ModuleClient) -> None:
+        self.m = member
+        self.module = module
+        self.sessions = SessionTable()
+        self.applied = 0  # what the Module has applied
+        self.snapshot_index = 0
+        self.queue: deque[list[Entry] | SnapshotInfo] = deque()
+        self._queued = asyncio.Event()
+        self._lock = asyncio.Lock()  # the Module's state must not move during a snapshot
+        self._applied_changed = asyncio.Event()
+        self.module_ready = False
+
+    # -- reads wait here -------------------------------------------------------------
+
+    async def wait_applied(self, index: int) -> None:
+        while self.applied < index:
+            self._applied_changed.clear()
+            await self._applied_changed.wait()
+
+    def _advance(self, index: int) -> None:
+        self.applied = index
+        self._applied_changed.set()
+        self.m.metrics.applied_index.set(index)
+
+    # -- start-up ----------------------------------------------------------------------
+
+    async def start(self, snapshot: SnapshotInfo | None) -> None:
+        """Bring the Module to the latest snapshot. A brand-new member first records
+        the fresh Module's own empty state as snapshot 0, so that the Module can always
+        be reset to a known state later (for example after it restarts)."""
+        info = await self._retry(self.module.info)
+        if snapshot is None:
+            if info.applied_index != 0:
+                raise RuntimeError(
+                    f"the Module at {self.module.address} has already applied index "
+                    f"{info.applied_index} but this member's data dir is empty: restart the "
+                    "Module so it starts from an empty state"
+                )
+            snapshot = await self._take_snapshot(SnapshotMeta())
+        await self._restore(snapshot)
+
+    async def _retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except ModuleUnavailable as err:
+                log.warning("%s; retrying", err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def enqueue(self, item: list[Entry] | SnapshotInfo) -> None:
+        self.queue.append(item)
+        self._queued.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self.queue:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            item = self.queue.popleft()
+            if isinstance(item, SnapshotInfo):
+                await self._restore(item)
+                continue
+            entries = list(item)
+            while self.queue and not isinstance(self.queue[0], SnapshotInfo):
+                entries.extend(self.queue.popleft())  # type: ignore[arg-type]
+            async with self._lock:
+                await self._apply(entries, answer=True)
+                if self.applied - self.snapshot_index >= self.m.cfg.snapshot_entries:
+                    await self._snapshot()
+
+    async def _apply(self, entries: list[Entry], answer: bool) -> None:
+        entries = [e for e in entries if e.index > self.applied]
+        if not entries:
+            return
+        started = time.perf_counter()
+        plan, module_entries = self._plan(entries)
+        while True:
+            try:
+                results = await self.module.apply(self.applied, module_entries, entries[-1].index)
+                break
+            except ModuleOutOfSync as err:
+                log.warning("the Module restarted or diverged (%s): rebuilding it", err)
+                await self._rebuild()  # also rewinds the sessions to before this batch
+                return await self._apply(entries, answer)
+            except ModuleUnavailable as err:
+                self.module_ready = False
+                if answer:
+                    self.m.module_failed(entries, str(err))
+                    answer = False
+                log.error("%s; the member keeps running and retries", err)
+                await asyncio.sleep(0.2)
+        self.m.metrics.apply_duration.observe(time.perf_counter() - started)
+        self.module_ready = True
+        new: dict[tuple[int, int], bytes] = {}
+        for _, cmd, slot, _, _ in plan:
+            if slot >= 0:
+                new[(cmd.client, cmd.seq)] = results[slot]
+                self.sessions.fill(cmd, results[slot])
+        by_entry: dict[int, list[Result]] = {}
+        for index, cmd, slot, verdict, cached in plan:
+            if slot >= 0:
+                result = Result(results[slot])
+            elif verdict is Verdict.DUPLICATE:
+                # A duplicate of a command earlier in this batch saw a placeholder.
+                result = Result(new.get((cmd.client, cmd.seq), cached))
+            else:
+                result = Result(error=f"session {verdict.value}: start a new Caller session")
+            by_entry.setdefault(index, []).append(result)
+        self.m.metrics.proposals_applied.inc(len(plan))
+        self._advance(entries[-1].index)
+        if answer:
+            for e in entries:
+                self.m.entry_applied(e.index, e.term, by_entry.get(e.index, []))
+
+    def _plan(
+        self, entries: list[Entry]
+    ) -> tuple[list[tuple[int, Command, int, Verdict, bytes]], list[tuple[int, bytes]]]:
+        """Run the session table over the batch exactly as if each command were applied
+        on its own (so every member reaches the same table, however it batches), noting
+        which commands the Module must apply. Results are filled in afterwards."""
+        plan: list[tuple[int, Command, int, Verdict, bytes]] = []
+        module_entries: list[tuple[int, bytes]] = []
+        for e in entries:
+            if e.kind is not EntryKind.NORMAL or not e.data:
+                continue
+            for cmd in decode_batch(e.data):
+                verdict, cached = self.sessions.check(cmd, e.index)
+                if verdict is Verdict.NEW:
+                    self.sessions.record(cmd, e.index, b"")
+                    plan.append((e.index, cmd, len(module_entries), verdict, b""))
+                    module_entries.append((e.index, cmd.payload))
+                else:
+                    plan.append((e.index, cmd, -1, verdict, cached))
+        return plan, module_entries
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def snapshot_now(self) -> SnapshotInfo | None:
+        """Snapshot what is applied now (the Admin API's Snapshot)."""
+        async with self._lock:
+            return await self._snapshot()
+
+    async def _snapshot(self) -> SnapshotInfo | None:
+        core = self.m.core
+        index = self.applied
+        term = core.log.term(index)
+        if term is None or index <= self.snapshot_index:
+            return None
+        meta = SnapshotMeta(index, term, core.log.config_at(index))
+        info = await self._take_snapshot(meta)
+        await self.m.storage(self.m.data_dir.log.compact, meta)
+        if index > core.log.snapshot.index:
+            core.compact(index)
+        self.m.kick()
+        return info
+
+    async def _take_snapshot(self, meta: SnapshotMeta) -> SnapshotInfo:
+        started = time.perf_counter()
+        writer = self.m.data_dir.snapshots.writer()
+        try:
+            sessions = self.sessions.encode()
+            writer.write(MAGIC + _LEN.pack(len(sessions)) + sessions)
+            async for index, chunk in self.module.snapshot():
+                if index and index != meta.index:
+                    raise ModuleUnavailable(
+                        f"the Module snapshotted index {index}, expected {meta.index}"
+                    )
+                writer.write(chunk)
+            info = await self.m.storage(writer.commit, meta)
+        except BaseException:
+            writer.abort()
+            raise
+        self.snapshot_index = meta.index
+        self.m.metrics.snapshots.inc()
+        self.m.metrics.snapshot_duration.observe(time.perf_counter() - started)
+        log.info("snapshot at index %d (%d bytes)", meta.index, info.size)
+        return info
+
+    async def _restore(self, info: SnapshotInfo) -> None:
+        reader = self.m.data_dir.snapshots.reader(info)
+        try:
+            sessions, module_bytes = split_snapshot(iter(reader))
+            await self._retry(lambda: self.module.restore(info.meta.index, module_bytes))
+        finally:
+            reader.close()
+        self.sessions = SessionTable()
+        self.sessions.restore(sessions)
+        self.snapshot_index = info.meta.index
+        self._advance(info.meta.index)
+        self.module_ready = True
+
+    async def _rebuild(self) -> None:
+        """The Module lost its state: restore the latest snapshot, replay the log."""
+        target = self.applied
+        latest = self.m.data_dir.snapshots.latest()
+        assert latest is not None, "a member always holds a snapshot (index 0 at least)"
+        await self._restore(latest)
+        if target > self.applied:
+            entries = await self.m.storage(
+                self.m.data_dir.log.entries, self.applied + 1, target + 1
+            )
+            await self._apply(entries, answer=False)

@@ -1,0 +1,503 @@
+"""One member at run time: the Raft loop around the pure core.
+
+    tick/step/propose  ->  core.ready()  ->  send appends (leader, §10.2.1)
+                       ->  persist (one transaction, one fsync)  ->  send the rest
+                       ->  hand committed entries to the Applier  ->  core.advance()
+
+Everything that arrived while the disk was busy is proposed as one batch next time
+around: group commit falls out of the loop's shape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tinyraft.core.raft import Options, Raft
+from tinyraft.core.sessions import Command, encode_batch
+from tinyraft.core.types import (
+    AppendEntries,
+    AppendResponse,
+    Configuration,
+    Entry,
+    InstallSnapshot,
+    Message,
+    ProposalError,
+    RequestVote,
+    Role,
+    SnapshotMeta,
+    VoteResponse,
+)
+from tinyraft.server.applier import Applier, Result
+from tinyraft.server.config import SidecarConfig
+from tinyraft.server.metrics import Metrics
+from tinyraft.server.module_client import ModuleClient
+from tinyraft.server.tls import channel_credentials
+from tinyraft.storage import DataDir, SnapshotInfo
+from tinyraft.transport.peers import PeerTransport
+from tinyraft.v1 import peer_pb2 as pb
+
+log = logging.getLogger("tinyraft.member")
+T = TypeVar("T")
+
+MAX_ENTRY_BYTES = 1 << 20  # commands proposed together go into entries of at most this size
+SNAPSHOT_CHUNK = 256 << 10
+
+
+class Unavailable(Exception):
+    """Retry, possibly at another member (the leader hint says where)."""
+
+    def __init__(self, message: str, leader: str | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class Overloaded(Exception):
+    """Too much pending work: back off."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    started: float
+    futures: list[tuple[asyncio.Future[list[Result]], int]] = field(default_factory=list)
+
+
+class Member:
+    def __init__(
+        self, cfg: SidecarConfig, member_id: str, data_dir: DataDir, metrics: Metrics
+    ) -> None:
+        self.cfg = cfg
+        self.id = member_id
+        self.data_dir = data_dir
+        self.metrics = metrics
+        self.cluster_id = data_dir.identity.cluster_id
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="tinyraft-disk")  # one writer
+        self.module = ModuleClient(str(cfg.module))
+        self.applier = Applier(self, self.module)
+        self.transport = PeerTransport(
+            member_id, self, self.address_of, channel_credentials(cfg.tls)
+        )
+        self.core: Raft
+        self._kick = asyncio.Event()
+        self._pending: list[tuple[list[Command], asyncio.Future[list[Result]]]] = []
+        self._pending_count = 0
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._read_ids = itertools.count(1)
+        self._votes: dict[str, asyncio.Future[Message]] = {}
+        self._incoming_snapshot: Any = None
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._last_contact: dict[str, float] = {}
+        self._sent_at: dict[str, tuple[int, float]] = {}
+        self.stopping = False
+
+    # -- start and stop ----------------------------------------------------------------
+
+    def options(self) -> Options:
+        return Options(
+            self.id,
+            election_ticks=self.cfg.election_ticks,
+            heartbeat_ticks=1,
+            max_msg_bytes=MAX_ENTRY_BYTES,
+        )
+
+    async def start(
+        self, hard_state: Any, snapshot: SnapshotInfo | None, entries: list[Entry]
+    ) -> None:
+        await self.applier.start(snapshot)
+        import random
+
+        meta = snapshot.meta if snapshot is not None else SnapshotMeta()
+        self.core = Raft(
+            self.options(),
+            random.Random(),
+            hard_state,
+            meta,
+            entries,
+            applied=self.applier.applied,
+        )
+        self._publish()
+        self._tasks = [
+            asyncio.create_task(self._raft_loop(), name="raft-loop"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+            asyncio.create_task(self.applier.run(), name="applier"),
+        ]
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.close()
+        await self.module.close()
+        self._disk.shutdown(wait=True)
+
+    async def storage(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a storage call on the single disk thread (SQLite is used by one thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    # -- the Raft loop -----------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        interval = self.cfg.heartbeat_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self.core.tick()
+            self.kick()
+
+    async def _raft_loop(self) -> None:
+        try:
+            while True:
+                await self._kick.wait()
+                self._kick.clear()
+                self._propose_pending()
+                while self.core.has_ready():
+                    await self._handle_ready()
+                    self._propose_pending()
+                self._publish()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.critical("the Raft loop failed; stopping this member", exc_info=True)
+            self._fatal()
+
+    def _fatal(self) -> None:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def _handle_ready(self) -> None:
+        core = self.core
+        rd = core.ready()
+        if rd.role is not None:
+            self._role_changed(rd.role, rd.leader)
+        self._send(rd.messages_now)
+        if rd.snapshot is not None:
+            await self._install_snapshot(rd.snapshot)
+        if rd.hard_state is not None or rd.entries:
+            await self.storage(
+                self.data_dir.log.save, rd.hard_state, rd.entries, rd.must_sync and self.cfg.fsync
+            )
+        self._send(rd.messages)
+        if rd.committed:
+            self.metrics.commit_index.set(rd.committed[-1].index)
+            self.applier.enqueue(rd.committed)
+        for rs in rd.reads:
+            fut = self._reads.pop(rs.context, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        core.advance(rd)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _send(self, messages: list[Message]) -> None:
+        if not messages:
+            return
+        out = []
+        now = time.monotonic()
+        for m in messages:
+            if isinstance(m, VoteResponse):
+                fut = self._votes.pop(m.dst, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(m)
+                    continue
+            elif isinstance(m, InstallSnapshot):
+                self._spawn(self._send_snapshot(m))
+                continue
+            elif isinstance(m, AppendEntries) and m.entries:
+                self._sent_at.setdefault(m.dst, (m.entries[-1].index, now))
+            out.append(m)
+        self.transport.send(out)
+
+    def _role_changed(self, role: Role, leader: str | None) -> None:
+        log.info("now %s in term %d (leader: %s)", role.value, self.core.term, leader or "unknown")
+        self.metrics.leader_changes.inc()
+        if role is not Role.LEADER:
+            for waiter in self._waiters.values():
+                for fut, _ in waiter.futures:
+                    if not fut.done():
+                        fut.set_exception(Unavailable("leadership changed; retry", leader))
+            self._waiters.clear()
+
+    def _publish(self) -> None:
+        core, m = self.core, self.metrics
+        m.term.set(core.term)
+        m.has_leader.set(core.leader is not None)
+        m.is_leader.set(core.role is Role.LEADER)
+        m.is_learner.set(self.id in core.config.learners)
+        m.commit_index.set(core.commit)
+        m.members.labels("voter").set(len(core.config.voters))
+        m.members.labels("learner").set(len(core.config.learners))
+        m.proposals_pending.set(self._pending_count)
+        if core.role is Role.LEADER:
+            for peer, pr in core.progress.items():
+                if peer != self.id:
+                    m.peer_lag.labels(peer).set(core.log.last_index - pr.match)
+
+    # -- proposals ---------------------------------------------------------------------
+
+    async def submit(self, commands: list[Command]) -> list[Result]:
+        """Replicate and apply commands (leader only). Raises Unavailable / Overloaded."""
+        core = self.core
+        if core.role is not Role.LEADER:
+            raise Unavailable("not the leader", self.leader_address())
+        if self._pending_count + len(commands) > self.cfg.max_pending:
+            self.metrics.proposals_failed.labels("overloaded").inc()
+            raise Overloaded(f"more than {self.cfg.max_pending} commands pending; back off")
+        fut: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        self._pending.append((commands, fut))
+        self._pending_count += len(commands)
+        self.metrics.proposals_pending.set(self._pending_count)
+        self.kick()
+        try:
+            return await fut
+        finally:
+            self._pending_count -= len(commands)
+
+    def _propose_pending(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        core = self.core
+        now = time.perf_counter()
+        while pending:
+            size = 0
+            group: list[tuple[list[Command], asyncio.Future[list[Result]]]] = []
+            cmds: list[Command] = []
+            while pending and (not group or size + _size(pending[0][0]) <= MAX_ENTRY_BYTES):
+                item = pending.pop(0)
+                group.append(item)
+                cmds.extend(item[0])
+                size += _size(item[0])
+            try:
+                index = core.propose(encode_batch(cmds))
+            except ProposalError as err:
+                self.metrics.proposals_failed.labels(type(err).__name__).inc()
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            self._waiters[index] = _Waiter(core.term, now, [(fut, len(c)) for c, fut in group])
+
+    def entry_applied(self, index: int, term: int, results: list[Result]) -> None:
+        waiter = self._waiters.pop(index, None)
+        if waiter is None:
+            return
+        if waiter.term != term:
+            for fut, _ in waiter.futures:
+                if not fut.done():
+                    fut.set_exception(Unavailable("another leader's entry replaced it; retry"))
+            return
+        self.metrics.proposals_committed.inc(len(results))
+        self.metrics.commit_duration.observe(time.perf_counter() - waiter.started)
+        pos = 0
+        for fut, n in waiter.futures:
+            if not fut.done():
+                fut.set_result(results[pos : pos + n])
+            pos += n
+
+    def module_failed(self, entries: list[Entry], reason: str) -> None:
+        for e in entries:
+            waiter = self._waiters.pop(e.index, None)
+            if waiter is not None:
+                for fut, _ in waiter.futures:
+                    if not fut.done():
+                        fut.set_exception(Unavailable(f"committed, but {reason}; retry"))
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def read_index(self, lease: bool, timeout: float) -> int:
+        """An index that, once applied, makes a read linearizable."""
+        ctx = next(self._read_ids)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        self.core.read_index(ctx, lease=lease and self.core.role is Role.LEADER)
+        self.kick()
+        try:
+            index = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise Unavailable(
+                "no leader confirmed the read in time; retry", self.leader_address()
+            ) from None
+        finally:
+            self._reads.pop(ctx, None)
+        if index == 0:
+            raise Unavailable("leadership changed during the read; retry", self.leader_address())
+        return index
+
+    # -- membership --------------------------------------------------------------------
+
+    async def change_membership(self, op: str, member: str, address: str | None = None) -> int:
+        core = self.core
+        if core.role is not Role.LEADER:
+            raise Unavailable("not the leader", self.leader_address())
+        index = core.propose_config(op, member, address)
+        term = core.term
+        self.kick()
+        await self.wait_committed(index, term)
+        return index
+
+    async def wait_committed(self, index: int, term: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.core.commit < index:
+            if self.core.term != term or time.monotonic() > deadline:
+                raise Unavailable("leadership changed before the change committed; retry")
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), max(deadline - time.monotonic(), 0.01))
+        if self.core.log.term(index) not in (term, None):
+            raise Unavailable("the change was lost to a new leader; retry")
+
+    def address_of(self, member: str) -> str | None:
+        return self.core.config.address(member)
+
+    def leader_address(self) -> str | None:
+        leader = self.core.leader
+        return self.core.config.address(leader) if leader else None
+
+    # -- peer handler ------------------------------------------------------------------
+
+    def deliver(self, messages: list[Message]) -> None:
+        now = time.monotonic()
+        for m in messages:
+            if m.dst != self.id:
+                continue
+            self._last_contact[m.src] = now
+            if isinstance(m, AppendResponse) and m.success:
+                sent = self._sent_at.get(m.src)
+                if sent is not None and m.index >= sent[0]:
+                    del self._sent_at[m.src]
+                    self.metrics.peer_rtt.labels(m.src).observe(now - sent[1])
+            self.core.step(m)
+        self.kick()
+
+    async def vote(self, request: RequestVote) -> Message | None:
+        if request.dst != self.id:
+            return None
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._votes[request.src] = fut
+        self.core.step(request)
+        self.kick()
+        try:
+            return await asyncio.wait_for(fut, self.cfg.election_ms / 1000)
+        except TimeoutError:
+            return None  # ignored (we follow a live leader): no answer
+        finally:
+            if self._votes.get(request.src) is fut:
+                del self._votes[request.src]
+
+    async def receive_snapshot(self, chunks: AsyncIterator[pb.SnapshotChunk]) -> None:
+        writer = None
+        header = None
+        try:
+            async for chunk in chunks:
+                if header is None:
+                    header = chunk
+                    if header.cluster_id != self.cluster_id or header.dst != self.id:
+                        raise ValueError("snapshot for another cluster or member")
+                    writer = self.data_dir.snapshots.writer()
+                assert writer is not None
+                if chunk.data:
+                    writer.write(chunk.data)
+            if header is None or writer is None:
+                return
+            if writer.sha256 != header.sha256 or writer.size != header.size:
+                raise ValueError("snapshot arrived damaged (checksum or size mismatch)")
+            meta = SnapshotMeta(
+                header.index, header.snapshot_term, Configuration.decode(header.config)
+            )
+            msg = InstallSnapshot(header.term, header.src, header.dst, meta, writer)
+            self.core.step(msg)
+            if self.core.snapshot_in is msg:
+                if self._incoming_snapshot is not None:
+                    self._incoming_snapshot.abort()
+                self._incoming_snapshot = writer
+                writer = None
+            self.kick()
+        finally:
+            if writer is not None:
+                writer.abort()
+
+    async def _install_snapshot(self, m: InstallSnapshot) -> None:
+        writer = m.payload
+        if self._incoming_snapshot is writer:
+            self._incoming_snapshot = None
+        info = await self.storage(writer.commit, m.meta)
+        await self.storage(self.data_dir.log.compact, m.meta)
+        self.applier.enqueue(info)
+        self.metrics.snapshots_received.inc()
+        log.info("installed a snapshot at index %d from %s", m.meta.index, m.src)
+
+    async def _send_snapshot(self, m: InstallSnapshot) -> None:
+        info = self.data_dir.snapshots.latest()
+        try:
+            if info is None:
+                raise RuntimeError("no snapshot to send")
+            reader = self.data_dir.snapshots.reader(info, SNAPSHOT_CHUNK)
+
+            async def chunks() -> AsyncIterator[pb.SnapshotChunk]:
+                yield pb.SnapshotChunk(
+                    cluster_id=self.cluster_id,
+                    term=m.term,
+                    src=self.id,
+                    dst=m.dst,
+                    index=info.meta.index,
+                    snapshot_term=info.meta.term,
+                    config=info.meta.config.encode(),
+                    size=info.size,
+                    sha256=info.sha256,
+                )
+                with reader:
+                    for data in reader:
+                        yield pb.SnapshotChunk(data=data)
+
+            await self.transport.send_snapshot(m.dst, chunks())
+            self.metrics.snapshots_sent.inc()
+            log.info("sent snapshot %d to %s", info.meta.index, m.dst)
+        except Exception as err:
+            log.warning("sending a snapshot to %s failed: %s", m.dst, err)
+            self.core.report_snapshot(m.dst, False)
+            self.kick()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    # -- bootstrap ---------------------------------------------------------------------
+
+    def bootstrap(self) -> str:
+        """Start a new cluster with this member as its only voter."""
+        cluster_id = uuid.uuid4().hex
+        self.adopt_cluster(cluster_id)
+        config = Configuration(
+            frozenset({self.id}), addresses=((self.id, str(self.cfg.advertise)),)
+        )
+        self.core.bootstrap(config)
+        self.kick()
+        return cluster_id
+
+    def adopt_cluster(self, cluster_id: str) -> None:
+        self.data_dir.set_cluster_id(cluster_id)
+        self.cluster_id = cluster_id
+
+    def last_contact(self, member: str) -> float | None:
+        t = self._last_contact.get(member)
+        return None if t is None else time.monotonic() - t
+
+
+def _size(commands: list[Command]) -> int:
+    return sum(len(c.payload) + 28 for c in commands)

@@ -1,0 +1,93 @@
+"""The sidecar's client of the user's Module (module.proto)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+
+from tinyraft.v1 import module_pb2 as mpb
+from tinyraft.v1 import module_pb2_grpc
+
+APPLY_TIMEOUT_S = 30.0  # a Module slower than this is treated as hung: the call is retried
+
+
+class ModuleOutOfSync(Exception):
+    """The Module is not at the index the sidecar expected (it restarted)."""
+
+
+class ModuleUnavailable(Exception):
+    """The Module could not be reached or failed; the sidecar retries."""
+
+
+class ModuleClient:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
+        self.stub = module_pb2_grpc.ModuleStub(self.channel)
+
+    async def info(self, timeout: float = 2.0) -> mpb.InfoResponse:
+        try:
+            return await self.stub.Info(mpb.InfoRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise ModuleUnavailable(_describe(self.address, err)) from err
+
+    async def apply(
+        self, after_index: int, entries: Iterable[tuple[int, bytes]], last_index: int
+    ) -> list[bytes]:
+        request = mpb.ApplyBatchRequest(
+            after_index=after_index,
+            entries=[mpb.ModuleEntry(index=i, command=c) for i, c in entries],
+            last_index=last_index,
+        )
+        try:
+            reply = await self.stub.Apply(request, timeout=APPLY_TIMEOUT_S)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise ModuleOutOfSync(err.details() or "") from err
+            raise ModuleUnavailable(_describe(self.address, err)) from err
+        if len(reply.results) != len(request.entries):
+            raise ModuleUnavailable(
+                f"the Module at {self.address} returned {len(reply.results)} results for "
+                f"{len(request.entries)} entries; it must return exactly one per entry"
+            )
+        return [r.result for r in reply.results]
+
+    async def query(self, request: bytes, timeout: float) -> bytes:
+        reply = await self.stub.Query(mpb.ModuleQueryRequest(request=request), timeout=timeout)
+        return bytes(reply.answer)
+
+    async def snapshot(self) -> AsyncIterator[tuple[int, bytes]]:
+        """(index of the state, chunk) pairs; the index comes with the first chunk."""
+        try:
+            async for chunk in self.stub.Snapshot(mpb.ModuleSnapshotRequest(), timeout=600.0):
+                yield chunk.index, bytes(chunk.data)
+        except grpc.aio.AioRpcError as err:
+            raise ModuleUnavailable(_describe(self.address, err)) from err
+
+    async def restore(self, index: int, chunks: Iterable[bytes]) -> None:
+        async def stream() -> AsyncIterator[mpb.RestoreChunk]:
+            first = True
+            for data in chunks:
+                yield mpb.RestoreChunk(data=data, index=index if first else 0)
+                first = False
+            if first:
+                yield mpb.RestoreChunk(data=b"", index=index)
+
+        try:
+            await self.stub.Restore(stream(), timeout=600.0)
+        except grpc.aio.AioRpcError as err:
+            raise ModuleUnavailable(_describe(self.address, err)) from err
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def _describe(address: str, err: grpc.aio.AioRpcError) -> str:
+    return f"Module at {address}: {err.code().name}: {err.details()}"

@@ -1,0 +1,328 @@
+"""The Caller and Admin gRPC services of a member: validation, forwarding to the
+leader, and the mapping of failures to status codes a client can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import NoReturn
+
+import grpc
+
+import tinyraft
+from tinyraft.core.sessions import Command
+from tinyraft.core.types import (
+    ConfigChangeRefused,
+    NotLeader,
+    ProposalError,
+    Role,
+    TooManyUncommitted,
+)
+from tinyraft.server.member import Member, Overloaded, Unavailable
+from tinyraft.v1 import admin_pb2 as apb
+from tinyraft.v1 import admin_pb2_grpc, caller_pb2_grpc
+from tinyraft.v1 import caller_pb2 as cpb
+
+log = logging.getLogger("tinyraft.services")
+
+LEADER_KEY = "tinyraft-leader"
+QUERY_TIMEOUT_S = 10.0
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    leader: str | None = None,
+) -> NoReturn:
+    if leader:
+        context.set_trailing_metadata(((LEADER_KEY, leader),))
+    await context.abort(code, message)
+    raise AssertionError("unreachable")
+
+
+async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
+    """One place that turns a member's exception into a gRPC status."""
+    if isinstance(err, Unavailable):
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err), err.leader)
+    if isinstance(err, NotLeader):
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
+    if isinstance(err, (Overloaded, TooManyUncommitted)):
+        await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+    if isinstance(err, ConfigChangeRefused):
+        await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(err))
+    if isinstance(err, ProposalError):
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
+    raise err
+
+
+def _role(member: Member) -> str:
+    core = member.core
+    if not member.cluster_id:
+        return "joining"
+    if member.id in core.config.learners:
+        return "learner"
+    return core.role.value
+
+
+class CallerService(caller_pb2_grpc.CallerServicer):
+    def __init__(self, member: Member) -> None:
+        self.m = member
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _leader_stub(self) -> tuple[caller_pb2_grpc.CallerStub, str] | None:
+        address = self.m.leader_address()
+        if address is None or self.m.core.leader == self.m.id:
+            return None
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = self._channels[address] = self.m.transport.channel(address)
+        return caller_pb2_grpc.CallerStub(ch), address
+
+    async def Apply(
+        self, request: cpb.ApplyRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ApplyResponse:
+        m = self.m
+        if not request.commands:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "commands: at least one command is required",
+            )
+        limit = m.cfg.max_command_bytes
+        commands = []
+        for i, c in enumerate(request.commands):
+            if c.client_id == 0 or c.sequence == 0:
+                await _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"commands[{i}]: client_id and sequence must be non-zero (use a Caller session)",
+                )
+            if len(c.payload) > limit:
+                await _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"commands[{i}].payload: {len(c.payload)} bytes is over the {limit}-byte limit "
+                    "(RAFT_MAX_COMMAND_BYTES)",
+                )
+            commands.append(Command(c.client_id, c.sequence, c.ack_below, c.payload))
+        if m.core.role is not Role.LEADER:
+            return await self._forward(request, context)
+        try:
+            results = await m.submit(commands)
+        except Exception as err:
+            await _fail(context, err)
+        return cpb.ApplyResponse(
+            results=[cpb.CommandResult(result=r.data, error=r.error) for r in results]
+        )
+
+    async def _forward(
+        self, request: cpb.ApplyRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ApplyResponse:
+        target = self._leader_stub()
+        if target is None:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "no leader is known yet; retry")
+        stub, address = target
+        remaining = context.time_remaining()
+        try:
+            return await stub.Apply(request, timeout=remaining if remaining else 10.0)
+        except grpc.aio.AioRpcError as err:
+            await _abort(
+                context,
+                err.code(),
+                f"forwarded to the leader at {address}: {err.details()}",
+                address,
+            )
+
+    async def Query(
+        self, request: cpb.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.QueryResponse:
+        m = self.m
+        timeout = context.time_remaining() or QUERY_TIMEOUT_S
+        try:
+            if request.consistency != cpb.CONSISTENCY_STALE:
+                lease = request.consistency == cpb.CONSISTENCY_LEASE
+                index = await m.read_index(lease, timeout)
+                await asyncio.wait_for(m.applier.wait_applied(index), timeout)
+            answer = await m.module.query(request.request, timeout)
+        except TimeoutError:
+            await _abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, "the read did not complete in time"
+            )
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                await _abort(context, code, f"the Module refused the query: {err.details()}")
+            await _abort(
+                context, grpc.StatusCode.UNAVAILABLE, f"the Module is unavailable: {err.details()}"
+            )
+        except Exception as err:
+            await _fail(context, err)
+        return cpb.QueryResponse(answer=answer, applied_index=m.applier.applied)
+
+    async def Status(
+        self, request: cpb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.StatusResponse:
+        m, core = self.m, self.m.core
+        return cpb.StatusResponse(
+            member_id=m.id,
+            cluster_id=m.cluster_id,
+            role=_role(m),
+            term=core.term,
+            leader_id=core.leader or "",
+            leader_address=m.leader_address() or "",
+            commit_index=core.commit,
+            applied_index=m.applier.applied,
+            voters=sorted(core.config.voters),
+            learners=sorted(core.config.learners),
+        )
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, member: Member) -> None:
+        self.m = member
+
+    async def Bootstrap(
+        self, request: apb.BootstrapRequest, context: grpc.aio.ServicerContext
+    ) -> apb.BootstrapResponse:
+        m = self.m
+        if m.cluster_id or m.core.log.last_index or m.core.term:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this member already belongs to cluster {m.cluster_id or '(joining)'}: "
+                "an existing cluster is never bootstrapped again",
+            )
+        return apb.BootstrapResponse(cluster_id=m.bootstrap())
+
+    async def _change(
+        self, context: grpc.aio.ServicerContext, op: str, member: str, address: str | None = None
+    ) -> apb.MembershipResponse:
+        if not member:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "member_id: required")
+        try:
+            index = await self.m.change_membership(op, member, address)
+        except Exception as err:
+            await _fail(context, err)
+        return apb.MembershipResponse(cluster_id=self.m.cluster_id, index=index)
+
+    async def AddLearner(
+        self, request: apb.AddLearnerRequest, context: grpc.aio.ServicerContext
+    ) -> apb.MembershipResponse:
+        if not _valid_address(request.address):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "address: expected HOST:PORT")
+        config = self.m.core.config
+        if (
+            request.member_id in config.learners
+            and config.address(request.member_id) == request.address
+        ):
+            # Idempotent: a learner that restarted before it learned it was added.
+            return apb.MembershipResponse(cluster_id=self.m.cluster_id, index=self.m.core.commit)
+        if request.member_id in config.voters:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"member {request.member_id} is already a voter; if it lost its data, remove it "
+                f"first (tinyraft members remove {request.member_id})",
+            )
+        return await self._change(context, "add_learner", request.member_id, request.address)
+
+    async def Promote(
+        self, request: apb.MemberRequest, context: grpc.aio.ServicerContext
+    ) -> apb.MembershipResponse:
+        return await self._change(context, "promote", request.member_id)
+
+    async def RemoveMember(
+        self, request: apb.MemberRequest, context: grpc.aio.ServicerContext
+    ) -> apb.MembershipResponse:
+        return await self._change(context, "remove", request.member_id)
+
+    async def TransferLeadership(
+        self, request: apb.TransferLeadershipRequest, context: grpc.aio.ServicerContext
+    ) -> apb.MemberRequest:
+        m, core = self.m, self.m.core
+        if core.role is not Role.LEADER:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "not the leader", m.leader_address())
+        target = request.member_id or _most_caught_up(m)
+        if target is None:
+            await _abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "no other voter to transfer to"
+            )
+        if target not in core.config.voters:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"member_id: {target} is not a voter")
+        try:
+            core.transfer_leadership(target)
+        except Exception as err:
+            await _fail(context, err)
+        m.kick()
+        deadline = asyncio.get_running_loop().time() + m.cfg.election_ms / 1000 * 2
+        while core.leader != target and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if core.leader != target:
+            await _abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, f"{target} did not take over in time"
+            )
+        return apb.MemberRequest(member_id=target)
+
+    async def Snapshot(
+        self, request: apb.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> apb.SnapshotResponse:
+        info = await self.m.applier.snapshot_now()
+        if info is None:
+            latest = self.m.data_dir.snapshots.latest()
+            if latest is None:
+                await _abort(
+                    context, grpc.StatusCode.FAILED_PRECONDITION, "nothing to snapshot yet"
+                )
+            info = latest
+        return apb.SnapshotResponse(index=info.meta.index, term=info.meta.term, size=info.size)
+
+    async def Status(
+        self, request: apb.AdminStatusRequest, context: grpc.aio.ServicerContext
+    ) -> apb.AdminStatusResponse:
+        m, core = self.m, self.m.core
+        members = []
+        if core.role is Role.LEADER:
+            for member in sorted(core.config.members):
+                pr = core.progress.get(member)
+                contact = 0.0 if member == m.id else m.last_contact(member)
+                members.append(
+                    apb.MemberProgress(
+                        member_id=member,
+                        address=core.config.address(member) or "",
+                        suffrage="voter" if member in core.config.voters else "learner",
+                        role="leader" if member == m.id else "follower",
+                        match_index=pr.match if pr else 0,
+                        lag=core.log.last_index - pr.match if pr else 0,
+                        last_contact_s=contact if contact is not None else -1.0,
+                        state=pr.state.value if pr else "",
+                    )
+                )
+        return apb.AdminStatusResponse(
+            member_id=m.id,
+            cluster_id=m.cluster_id,
+            role=_role(m),
+            term=core.term,
+            leader_id=core.leader or "",
+            commit_index=core.commit,
+            applied_index=m.applier.applied,
+            last_index=core.log.last_index,
+            snapshot_index=core.log.snapshot.index,
+            members=members,
+            address=str(m.cfg.advertise),
+            module_ready=m.applier.module_ready,
+            version=tinyraft.__version__,
+        )
+
+
+def _most_caught_up(m: Member) -> str | None:
+    core = m.core
+    others = [
+        (core.progress[v].match, v) for v in core.config.voters if v != m.id and v in core.progress
+    ]
+    return max(others)[1] if others else None
+
+
+def _valid_address(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)

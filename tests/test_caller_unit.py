@@ -1,0 +1,452 @@
+"""The Caller SDK's client logic against real gRPC servers on loopback.
+
+The sidecar is not needed: FakeMember implements the Caller service and deduplicates
+commands by (client_id, sequence) as the cluster does, and a test can script how it
+answers each incoming call (abort with a status and leader hint, lose the reply, hold
+it, refuse a command)."""
+
+import asyncio
+import contextlib
+import datetime
+import functools
+import ipaddress
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+
+import grpc
+import grpc.aio
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tinyraft.caller import (
+    LEADER_METADATA_KEY,
+    BlockingCaller,
+    Caller,
+    CommandError,
+    FailedPrecondition,
+    InvalidArgument,
+    RetryPolicy,
+    Status,
+    TinyraftError,
+    Unavailable,
+)
+from tinyraft.v1 import caller_pb2, caller_pb2_grpc
+
+FAST = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.05, deadline=10)
+
+Action = Callable[
+    ["FakeMember", caller_pb2.ApplyRequest, grpc.aio.ServicerContext], Awaitable[None]
+]
+
+
+class FakeMember(caller_pb2_grpc.CallerServicer):
+    def __init__(self) -> None:
+        self.address = ""
+        self.requests: list[caller_pb2.ApplyRequest] = []
+        self.script: list[Action] = []  # one action per incoming Apply, in order
+        self.log: list[bytes] = []  # payloads the state machine applied
+        self.results: dict[tuple[int, int], bytes] = {}  # (client_id, sequence) -> result
+        self.queries: list[caller_pb2.QueryRequest] = []
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self, credentials: grpc.ServerCredentials | None = None) -> "FakeMember":
+        self._server = grpc.aio.server()
+        caller_pb2_grpc.add_CallerServicer_to_server(self, self._server)
+        if credentials is None:
+            port = self._server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = self._server.add_secure_port("127.0.0.1:0", credentials)
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        await self._server.stop(None)
+
+    def apply_now(self, request: caller_pb2.ApplyRequest) -> list[caller_pb2.CommandResult]:
+        out = []
+        for c in request.commands:
+            key = (c.client_id, c.sequence)
+            if key not in self.results:  # a retry of an applied command is answered from cache
+                self.log.append(c.payload)
+                self.results[key] = b"ok:" + c.payload
+            out.append(caller_pb2.CommandResult(result=self.results[key], index=len(self.log)))
+        return out
+
+    async def Apply(self, request, context):
+        self.requests.append(request)
+        if self.script:
+            await self.script.pop(0)(self, request, context)
+        return caller_pb2.ApplyResponse(results=self.apply_now(request))
+
+    async def Query(self, request, context):
+        self.queries.append(request)
+        name = caller_pb2.Consistency.Name(request.consistency)
+        return caller_pb2.QueryResponse(answer=request.request + b"@" + name.encode())
+
+    async def Status(self, request, context):
+        return caller_pb2.StatusResponse(
+            member_id="m1",
+            cluster_id="c1",
+            role="leader",
+            term=3,
+            leader_id="m1",
+            leader_address=self.address,
+            commit_index=7,
+            applied_index=6,
+            voters=["m1", "m2", "m3"],
+        )
+
+    def seen(self) -> list[tuple[int, int, int]]:
+        """(client_id, sequence, ack_below) of every command received, in order."""
+        return [(c.client_id, c.sequence, c.ack_below) for r in self.requests for c in r.commands]
+
+
+def abort(code: grpc.StatusCode, details: str = "", leader: str = "") -> Action:
+    async def action(member, request, context):
+        metadata = ((LEADER_METADATA_KEY, leader),) if leader else ()
+        await context.abort(code, details or code.name, trailing_metadata=metadata)
+
+    return action
+
+
+def lose_reply(seconds: float) -> Action:
+    """Apply the commands, then answer too late: the client sees DEADLINE_EXCEEDED."""
+
+    async def action(member, request, context):
+        member.apply_now(request)
+        await asyncio.sleep(seconds)
+
+    return action
+
+
+def wait_for(event: asyncio.Event) -> Action:
+    async def action(member, request, context):
+        await event.wait()
+
+    return action
+
+
+def async_test(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout=60))
+
+    return run
+
+
+@contextlib.asynccontextmanager
+async def members(count: int):
+    started = [await FakeMember().start() for _ in range(count)]
+    try:
+        yield started
+    finally:
+        for member in started:
+            await member.stop()
+
+
+@async_test
+async def test_unavailable_with_leader_hint_retries_at_the_leader_with_the_same_sequence():
+    async with members(2) as (follower, leader):
+        follower.script = [abort(grpc.StatusCode.UNAVAILABLE, "not the leader", leader.address)]
+        async with Caller(follower.address, retry=FAST) as caller:
+            assert await caller.apply(b"x") == b"ok:x"
+            assert follower.seen() == leader.seen()  # same client id, sequence and ack_below
+            client_id = follower.seen()[0][0]
+            assert leader.seen() == [(client_id, 1, 1)]
+            assert follower.log == [] and leader.log == [b"x"]
+            # the leader is remembered: the next command goes straight there
+            assert await caller.apply(b"y") == b"ok:y"
+            assert len(follower.requests) == 1
+            assert leader.seen()[-1] == (client_id, 2, 2)
+
+
+@async_test
+async def test_retry_after_deadline_exceeded_reuses_the_sequence_and_applies_once():
+    async with members(1) as (member,):
+        member.script = [lose_reply(5.0)]
+        async with Caller(member.address, timeout=0.3, retry=FAST) as caller:
+            assert await caller.apply(b"x") == b"ok:x"
+        assert len(member.requests) == 2
+        first, second = member.seen()
+        assert first == second and first[1] == 1
+        assert member.log == [b"x"]  # the retry was answered from the dedup cache
+
+
+@async_test
+async def test_resource_exhausted_is_retried_with_the_same_sequence():
+    async with members(1) as (member,):
+        member.script = [abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many pending")] * 2
+        async with Caller(member.address, retry=FAST) as caller:
+            assert await caller.apply(b"x") == b"ok:x"
+        assert len(member.requests) == 3 and len(set(member.seen())) == 1
+        assert member.log == [b"x"]
+
+
+@async_test
+async def test_ack_below_grows_as_answers_arrive():
+    async with members(1) as (member,):
+        async with Caller(member.address, retry=FAST) as caller:
+            for payload in (b"a", b"b", b"c"):
+                await caller.apply(payload)
+            assert [(seq, ack) for _, seq, ack in member.seen()] == [(1, 1), (2, 2), (3, 3)]
+
+            release = asyncio.Event()
+            member.script = [wait_for(release)]
+            held = asyncio.create_task(caller.apply(b"held"))  # sequence 4, unanswered
+            while len(member.requests) < 4:
+                await asyncio.sleep(0.01)
+            await caller.apply(b"e")  # 5
+            await caller.apply(b"f")  # 6: 5 was answered, but 4 still is not
+            release.set()
+            assert await held == b"ok:held"
+            await caller.apply_many([b"g", b"h"])  # 7 and 8 in one request
+        assert [(seq, ack) for _, seq, ack in member.seen()[3:]] == [
+            (4, 4),
+            (5, 4),
+            (6, 4),
+            (7, 7),
+            (8, 7),
+        ]
+        assert len(member.requests) == 7  # apply_many sent one request
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+        (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
+    ],
+)
+@async_test
+async def test_refusals_raise_typed_errors_without_retry(code, error):
+    async with members(1) as (member,):
+        member.script = [abort(code, "command too large")]
+        async with Caller(member.address, retry=FAST) as caller:
+            with pytest.raises(error, match="command too large") as caught:
+                await caller.apply(b"x")
+            assert caught.value.code == code
+            assert len(member.requests) == 1 and member.log == []
+
+
+@async_test
+async def test_retries_run_out_as_unavailable_and_the_session_is_left_behind():
+    async with members(1) as (member,):
+        async with Caller(member.address, retry=FAST) as caller:
+            await caller.apply(b"a")
+            member.script = [abort(grpc.StatusCode.UNAVAILABLE, "no leader")] * 5
+            with pytest.raises(Unavailable, match="no leader") as caught:
+                await caller.apply(b"b")
+            assert "5 attempts" in str(caught.value)
+            await caller.apply(b"c")
+        seen = member.seen()
+        assert len(seen) == 7 and len(set(seen[1:6])) == 1  # every attempt: sequence 2
+        old_client, new_client = seen[0][0], seen[6][0]
+        # sequence 2's outcome is unknown, so it is never acknowledged; rather than pin
+        # ack_below in the old session, the Caller numbers later commands in a new one
+        assert new_client != old_client and seen[6][1:] == (1, 1)
+
+
+class RefusingMember(FakeMember):
+    """Refuses the second command of every request, as the cluster does with e.g. an
+    expired session: the command is answered with an error and not applied."""
+
+    def apply_now(self, request):
+        results = super().apply_now(request)
+        if len(results) > 1:
+            results[1] = caller_pb2.CommandResult(error="session expired")
+        return results
+
+
+@async_test
+async def test_a_refused_command_raises_command_error_and_later_ones_use_a_new_session():
+    member = await RefusingMember().start()
+    try:
+        async with Caller(member.address, retry=FAST) as caller:
+            with pytest.raises(CommandError, match="session expired") as caught:
+                await caller.apply_many([b"a", b"b", b"c"])
+            assert caught.value.position == 1 and caught.value.error == "session expired"
+            await caller.apply(b"d")
+        seen = member.seen()
+        # an expired session would refuse every later command, so the Caller starts anew
+        assert seen[-1][1:] == (1, 1) and seen[-1][0] != seen[0][0]
+    finally:
+        await member.stop()
+
+
+@async_test
+async def test_many_concurrent_applies_get_distinct_sequences():
+    async with members(1) as (member,):
+        async with Caller(member.address, retry=FAST) as caller:
+            payloads = [str(i).encode() for i in range(200)]
+            results = await asyncio.gather(*(caller.apply(p) for p in payloads))
+            assert results == [b"ok:" + p for p in payloads]
+            await caller.apply(b"last")
+        seen = member.seen()
+        assert sorted(seq for _, seq, _ in seen) == list(range(1, 202))
+        assert seen[-1][1:] == (201, 201)
+
+
+@async_test
+async def test_an_unreachable_target_is_skipped():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    async with members(1) as (member,):
+        for order in ([dead, member.address], [member.address, dead]):
+            async with Caller(order, timeout=0.3, retry=FAST) as caller:
+                assert await caller.apply(b"x") == b"ok:x"
+
+
+@async_test
+async def test_dns_target():
+    async with members(1) as (member,):
+        port = member.address.rsplit(":", 1)[1]
+        async with Caller(f"dns:///localhost:{port}", retry=FAST) as caller:
+            assert await caller.apply(b"x") == b"ok:x"
+
+
+@async_test
+async def test_query_and_status():
+    async with members(1) as (member,), Caller(member.address, retry=FAST) as caller:
+        assert await caller.query(b"q") == b"q@CONSISTENCY_LINEARIZABLE"
+        assert await caller.query(b"q", "lease") == b"q@CONSISTENCY_LEASE"
+        assert await caller.query(b"q", consistency="stale") == b"q@CONSISTENCY_STALE"
+        with pytest.raises(ValueError, match="'linearizable', 'lease' or 'stale'"):
+            await caller.query(b"q", "strong")  # type: ignore[arg-type]
+        assert len(member.queries) == 3
+        status = await caller.status()
+        assert status == Status(
+            member_id="m1",
+            cluster_id="c1",
+            role="leader",
+            term=3,
+            leader_id="m1",
+            leader_address=member.address,
+            commit_index=7,
+            applied_index=6,
+            voters=("m1", "m2", "m3"),
+            learners=(),
+        )
+
+
+@async_test
+async def test_bad_input_is_rejected_before_any_call():
+    async with members(1) as (member,):
+        async with Caller(member.address, retry=FAST) as caller:
+            with pytest.raises(TypeError, match="bytes"):
+                await caller.apply("text")  # type: ignore[arg-type]
+            assert await caller.apply_many([]) == []
+        assert member.requests == []
+        with pytest.raises(TinyraftError, match="closed"):
+            await caller.apply(b"x")
+    for targets in ([], "a:1,b:2", " a:1"):
+        with pytest.raises(ValueError, match="target"):
+            Caller(targets)
+    with pytest.raises(ValueError, match="tls_cert and tls_key"):
+        Caller("a:1", tls_cert="cert.pem")
+
+
+@contextlib.contextmanager
+def member_in_thread():
+    """A FakeMember on its own event loop, for tests written as plain synchronous code."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    member = asyncio.run_coroutine_threadsafe(FakeMember().start(), loop).result()
+    try:
+        yield member
+    finally:
+        asyncio.run_coroutine_threadsafe(member.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def test_blocking_caller_from_synchronous_code():
+    with member_in_thread() as member:
+        with BlockingCaller(member.address, retry=FAST) as caller:
+            assert caller.apply(b"x") == b"ok:x"
+            assert caller.apply_many([b"y", b"z"]) == [b"ok:y", b"ok:z"]
+            assert caller.query(b"q", "stale") == b"q@CONSISTENCY_STALE"
+            assert caller.status().role == "leader"
+            member.script = [abort(grpc.StatusCode.INVALID_ARGUMENT, "too large")]
+            with pytest.raises(InvalidArgument, match="too large"):
+                caller.apply(b"big")
+            # several threads share one BlockingCaller
+            threads = [threading.Thread(target=caller.apply, args=(b"t",)) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        caller.close()  # closing twice is harmless
+        with pytest.raises(TinyraftError, match="closed"):
+            caller.apply(b"x")
+        sequences = [seq for _, seq, _ in member.seen()]
+        assert sequences[:4] == [1, 2, 3, 4] and member.log.count(b"t") == 8
+
+
+def make_pki(tmp_path):
+    """A CA, and a server and a client certificate it signed, as PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(name, issuer_name, issuer_key, ca=False, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        (tmp_path / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return key
+
+    ca_key = issue("ca", "ca", None, ca=True)
+    issue("server", "ca", ca_key, san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    issue("client", "ca", ca_key, san=[x509.DNSName("client")])
+    return {
+        name: tmp_path / name
+        for name in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+    }
+
+
+@async_test
+async def test_mutual_tls(tmp_path):
+    pki = make_pki(tmp_path)
+    credentials = grpc.ssl_server_credentials(
+        [(pki["server.key"].read_bytes(), pki["server.crt"].read_bytes())],
+        root_certificates=pki["ca.crt"].read_bytes(),
+        require_client_auth=True,
+    )
+    member = await FakeMember().start(credentials)
+    try:
+        tls = {"tls_ca": pki["ca.crt"], "tls_cert": pki["client.crt"], "tls_key": pki["client.key"]}
+        async with Caller(member.address, retry=FAST, **tls) as caller:
+            assert await caller.apply(b"x") == b"ok:x"
+        # without a client certificate the member refuses the connection
+        once = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01, deadline=5)
+        async with Caller(member.address, tls_ca=pki["ca.crt"], timeout=1, retry=once) as caller:
+            with pytest.raises(Unavailable):
+                await caller.apply(b"y")
+        assert member.log == [b"x"]
+    finally:
+        await member.stop()
