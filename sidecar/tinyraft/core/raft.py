@@ -113,6 +113,7 @@ class Raft:
         self.progress: dict[MemberId, Progress] = {}
         self.votes: dict[MemberId, bool] = {}
         self.transferee: MemberId | None = None
+        self.transfer_elapsed = 0
         self.pending_config_index = 0
         self.uncommitted_bytes = 0
         # ReadIndex: reads wait for the leader's first commit in its term, then for
@@ -169,12 +170,15 @@ class Raft:
 
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
+        if self.transferee is not None:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.opts.election_ticks:
+                self.transferee = None  # not finished in time: abandoned
         if self.election_elapsed >= self.opts.election_ticks:
             self.election_elapsed = 0
             if self.opts.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, None)
                 return
-            self.transferee = None  # a transfer that has not finished in time is abandoned
         for pr in self.progress.values():
             if pr.state is ProgressState.SNAPSHOT:
                 pr.snapshot_ticks += 1
@@ -267,7 +271,7 @@ class Raft:
         if target not in self.config.voters:
             raise ConfigChangeRefused(f"member {target} is not a voter")
         self.transferee = target
-        self.election_elapsed = 0  # the transfer must finish within one election timeout
+        self.transfer_elapsed = 0  # the transfer must finish within one election timeout
         pr = self.progress[target]
         if pr.match == self.log.last_index:
             self._send_timeout_now(target)
@@ -317,7 +321,7 @@ class Raft:
                     self._handle_vote_request(m)
                     return
                 self._become_follower(m.term, None)
-            elif isinstance(m, VoteResponse) and m.pre_vote:
+            elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
                 pass  # a granted pre-vote carries the term we would campaign in
             else:
                 leader = (
@@ -330,6 +334,9 @@ class Raft:
                 self.msgs.append(AppendResponse(self.term, self.id, m.src, False, 0))
             elif isinstance(m, RequestVote) and m.pre_vote:
                 self.msgs.append(VoteResponse(self.term, self.id, m.src, False, pre_vote=True))
+            elif isinstance(m, ReadIndexRequest):
+                # Fail the stale member's read at once (and teach it the new term).
+                self.msgs.append(ReadIndexResponse(self.term, self.id, m.src, m.context, 0))
             return
 
         if isinstance(m, RequestVote):
@@ -458,7 +465,10 @@ class Raft:
     def _step_leader(self, m: Message) -> None:
         pr = self.progress.get(m.src)
         if isinstance(m, ReadIndexRequest):
-            self._leader_read(_Read(m.context, m.src), lease=False)
+            if pr is None:  # we do not replicate to it: it could never catch up to the index
+                self._answer_read(_Read(m.context, m.src), 0)
+            else:
+                self._leader_read(_Read(m.context, m.src), lease=False)
             return
         if pr is None:
             return  # not (or no longer) a member
@@ -472,7 +482,9 @@ class Raft:
             elif pr.state is ProgressState.REPLICATE and pr.paused():
                 pr.inflight.popleft()  # messages may have been lost: let one more through
             if pr.match < self.log.last_index:
-                self._send_append(m.src, pr)
+                # Appends may have been lost: even an empty one draws a rejection that
+                # tells us where the follower really is.
+                self._send_append(m.src, pr, allow_empty=True)
             if m.read_round > pr.acked_round:
                 pr.acked_round = m.read_round
                 self._release_confirmed_reads()
@@ -525,8 +537,10 @@ class Raft:
             self._broadcast_new_entries()
         rd = Ready()
         hs = self.hard_state
+        term_unsaved = False
         if hs != self.persisted_hs:
-            rd.must_sync = hs.term != self.persisted_hs.term or hs.vote != self.persisted_hs.vote
+            term_unsaved = hs.term != self.persisted_hs.term or hs.vote != self.persisted_hs.vote
+            rd.must_sync = term_unsaved
             rd.hard_state = hs
             self.persisted_hs = hs
         if self.snapshot_in is not None:
@@ -541,8 +555,14 @@ class Raft:
         if self.applying < upto:
             rd.committed = self.log.slice(self.applying + 1, upto + 1)
             self.applying = upto
-        rd.messages_now, self.msgs_now = self.msgs_now, []
-        rd.messages, self.msgs = self.msgs, []
+        if term_unsaved:
+            # A message carries our term: it may leave only once that term is on disk,
+            # or a crash could let us reuse the term for different entries.
+            rd.messages = self.msgs_now + self.msgs
+        else:
+            rd.messages_now = self.msgs_now
+            rd.messages = self.msgs
+        self.msgs_now, self.msgs = [], []
         rd.reads, self.reads_out = self.reads_out, []
         if self.role_changed:
             rd.role = self.role
@@ -616,6 +636,8 @@ class Raft:
     def _broadcast_heartbeat(self) -> None:
         self.read_round += 1
         self.round_ticks[self.read_round] = self.ticks
+        if len(self.round_ticks) > 4 * self.opts.election_ticks:
+            del self.round_ticks[min(self.round_ticks)]  # never acknowledged: forget it
         for read in self.reads_unsent:
             read.round = self.read_round
         self.reads_pending.extend(self.reads_unsent)
@@ -754,7 +776,8 @@ class Raft:
             return
         if self.role is Role.LEADER and self.uncommitted_bytes:
             for e in self.log.slice(self.commit + 1, index + 1):
-                self.uncommitted_bytes -= len(e.data)
+                if e.term == self.term:  # earlier terms' entries were never counted
+                    self.uncommitted_bytes -= len(e.data)
             self.uncommitted_bytes = max(self.uncommitted_bytes, 0)
         self.commit = index
 

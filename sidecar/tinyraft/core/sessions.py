@@ -35,16 +35,19 @@ def encode_batch(commands: list[Command]) -> bytes:
 
 
 def decode_batch(data: bytes) -> list[Command]:
-    (count,) = _COUNT.unpack_from(data, 0)
-    pos = _COUNT.size
-    out = []
-    for _ in range(count):
-        client, seq, ack_below, n = _COMMAND.unpack_from(data, pos)
-        pos += _COMMAND.size
-        out.append(Command(client, seq, ack_below, data[pos : pos + n]))
-        pos += n
+    try:
+        (count,) = _COUNT.unpack_from(data, 0)
+        pos = _COUNT.size
+        out = []
+        for _ in range(count):
+            client, seq, ack_below, n = _COMMAND.unpack_from(data, pos)
+            pos += _COMMAND.size
+            out.append(Command(client, seq, ack_below, data[pos : pos + n]))
+            pos += n
+    except struct.error as err:
+        raise ValueError(f"malformed command batch: {err}") from None
     if pos != len(data):
-        raise ValueError("malformed command batch")
+        raise ValueError("malformed command batch: trailing or missing bytes")
     return out
 
 
@@ -67,6 +70,7 @@ class SessionTable:
         self.max_sessions = max_sessions
         self.ttl_entries = ttl_entries
         self._sessions: OrderedDict[int, _Session] = OrderedDict()  # least recently active first
+        self._tombstones: OrderedDict[int, None] = OrderedDict()  # forgotten clients, oldest first
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -76,7 +80,7 @@ class SessionTable:
         self._expire(index)
         s = self._sessions.get(cmd.client)
         if s is None:
-            if cmd.ack_below > 1:
+            if cmd.ack_below > 1 or cmd.client in self._tombstones:
                 return Verdict.EXPIRED, b""
             return Verdict.NEW, b""
         self._sessions.move_to_end(cmd.client)
@@ -100,7 +104,7 @@ class SessionTable:
         s.results[cmd.seq] = result
         self._sessions.move_to_end(cmd.client)
         while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+            self._forget(next(iter(self._sessions)))
 
     def fill(self, cmd: Command, result: bytes) -> None:
         """Set the result of a command recorded before its result was known (the
@@ -115,7 +119,16 @@ class SessionTable:
             client, s = next(iter(sessions.items()))
             if index - s.last_index <= self.ttl_entries:
                 return
-            del sessions[client]
+            self._forget(client)
+
+    def _forget(self, client: int) -> None:
+        # A forgotten client may still retry a command whose answer it never saw:
+        # remembering its id (a bounded while) turns that retry into EXPIRED instead
+        # of applying it twice.
+        del self._sessions[client]
+        self._tombstones[client] = None
+        if len(self._tombstones) > self.max_sessions:
+            self._tombstones.popitem(last=False)
 
     # Sessions travel inside snapshots, so their encoding is part of the format.
     def encode(self) -> bytes:
@@ -125,10 +138,13 @@ class SessionTable:
             for seq, result in s.results.items():
                 parts.append(struct.pack("<QI", seq, len(result)))
                 parts.append(result)
+        parts.append(_COUNT.pack(len(self._tombstones)))
+        parts.append(struct.pack(f"<{len(self._tombstones)}Q", *self._tombstones))
         return b"".join(parts)
 
     def restore(self, data: bytes) -> None:
         self._sessions = OrderedDict()
+        self._tombstones = OrderedDict()
         (count,) = _COUNT.unpack_from(data, 0)
         pos = _COUNT.size
         for _ in range(count):
@@ -141,3 +157,7 @@ class SessionTable:
                 s.results[seq] = data[pos : pos + size]
                 pos += size
             self._sessions[client] = s
+        (count,) = _COUNT.unpack_from(data, pos)
+        pos += _COUNT.size
+        clients = struct.unpack_from(f"<{count}Q", data, pos)
+        self._tombstones = OrderedDict.fromkeys(clients)

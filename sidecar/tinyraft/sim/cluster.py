@@ -67,8 +67,8 @@ class _Client:
 
     def next_op(self) -> None:
         sim = self.sim
-        if sim.sched.now >= sim.end_ms - 500:
-            return  # let the last operations finish before the run ends
+        if sim.sched.now >= sim.end_ms - 1500:
+            return  # the last operations must finish before the run ends
         rng = sim.rng
         key = f"k{rng.randrange(sim.cfg.keys)}"
         kind = rng.choices(["put", "get", "cas"], [4, 4, 2])[0]
@@ -95,9 +95,9 @@ class _Client:
         self.attempt += 1  # unique per client, so late replies to old attempts are ignored
         self.tries += 1
         if self.tries > 15:
-            self.finish(None)  # give up: the outcome stays unknown
+            self.finish(None, done=False)  # give up: the outcome stays unknown
             return
-        members = sorted(sim.nodes)
+        members = sim.client_targets()
         target = self.target if self.target in sim.nodes else sim.rng.choice(members)
         if op["op"] == "get" and sim.rng.random() < 0.3:
             target = sim.rng.choice(members)  # a follower read now and then
@@ -131,7 +131,8 @@ class _Client:
             self.finish(payload)
             return
         self.target = hint
-        self.sim.sched.after(5, lambda: self.retry(attempt))
+        # Back off like the real Caller, so a leaderless moment does not burn every try.
+        self.sim.sched.after(min(5 << self.tries, 200), lambda: self.retry(attempt))
 
     def on_timeout(self, attempt: int) -> None:
         if attempt == self.attempt and self.op is not None:
@@ -142,11 +143,10 @@ class _Client:
         if attempt == self.attempt and self.op is not None:
             self.send()
 
-    def finish(self, payload: object) -> None:
+    def finish(self, payload: object, done: bool = True) -> None:
         op, sim = self.op, self.sim
         assert op is not None
         self.op = None
-        done = payload is not None
         if done and "seq" in op:
             self.unanswered.discard(int(str(op["seq"])))
         output: object = None
@@ -273,6 +273,13 @@ class Simulation(NodeHooks):
             node.raft.tick()
             node.pump()
         self.sched.after(TICK_MS, lambda: self._tick(member))
+
+    def client_targets(self) -> list[str]:
+        """Where clients send requests: the members of the newest configuration, as a
+        Kubernetes Service would list them (removed members linger, but not in it)."""
+        newest = max(self.nodes.values(), key=lambda n: (n.raft.log.last_config_index(), n.id))
+        members = sorted(newest.raft.config.members & self.nodes.keys())
+        return members or sorted(self.nodes)
 
     def leader(self) -> SimNode | None:
         leaders = [n for n in self.nodes.values() if n.alive and n.raft.role is Role.LEADER]

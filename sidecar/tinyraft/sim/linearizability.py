@@ -46,6 +46,8 @@ _KINDS = {"put": _PUT, "get": _GET, "cas": _CAS}
 
 # How many search steps to run between two reads of the clock.
 _CLOCK_EVERY = 1024
+# Stands for "no value": what a put observes, and a state no remaining op observes.
+_NOTHING = object()
 # Above this many ops a failure explanation lists only the ops around the failure.
 _LIST_ALL_OPS = 30
 # How many ops of the longest linearizable prefix a failure explanation shows.
@@ -168,6 +170,16 @@ class _KeyResult:
     explanation: str = ""
 
 
+def _observed(op: _Op) -> object:
+    """The value the key must hold for op to be linearized (_NOTHING for a put): a get's
+    output, a successful or timed-out cas's expected value, a failed cas's reported one."""
+    if op.kind == _PUT:
+        return _NOTHING
+    if op.kind == _CAS and (op.timed_out or op.cas_ok):
+        return op.expect
+    return op.out
+
+
 def _check_key(key: str, raw: list[Operation], deadline: float) -> _KeyResult:
     ops = [_normalise(o) for o in raw]
     written = {o.value for o in ops if o.kind != _GET}
@@ -176,9 +188,9 @@ def _check_key(key: str, raw: list[Operation], deadline: float) -> _KeyResult:
         if why is not None:
             return _KeyResult(False, explanation=f"{_fmt(op.src)}: {why}")
 
-    # Values some op of this key observes; a timed-out write of any other value is inert.
-    seen: set[str | None] = {o.expect for o in ops if o.kind == _CAS}
-    seen.update(o.out for o in ops if not o.timed_out and o.kind != _PUT)
+    # A timed-out get has no effect, and a timed-out write whose value no op observes is
+    # inert (see the module docstring): drop both.
+    seen = {_observed(o) for o in ops}
     ops = [o for o in ops if not o.timed_out or (o.kind != _GET and o.value in seen)]
     n = len(ops)
     remaining = sum(not o.timed_out for o in ops)  # completed ops not yet linearized
@@ -211,14 +223,35 @@ def _check_key(key: str, raw: list[Operation], deadline: float) -> _KeyResult:
     timed = [o.timed_out for o in ops]
     value = [o.value for o in ops]
     expect = [o.expect for o in ops]
-    out = [o.out for o in ops]
-    cas_ok = [o.cas_ok for o in ops]
+    observes = [_observed(o) for o in ops]
+    # Completed gets and failed cas never change the state.
+    read_only = [not o.timed_out and o.kind != _PUT and not o.cas_ok for o in ops]
     bits = [1 << j for j in range(n)]
+    # How many ops not linearized yet observe each value. A state nobody left observes is
+    # as good as any other such state, and a timed-out write of such a value is inert
+    # from here on (the argument for dropping unobserved writes, applied to the suffix).
+    watchers: dict[object, int] = {}
+    for v in observes:
+        watchers[v] = watchers.get(v, 0) + 1
+    # Timed-out writes with the same effect are interchangeable once both are called, so
+    # only the earliest-called unused one is ever tried: twin[j] is the previous one.
+    twin = [-1] * n
+    last: dict[tuple[int, object, str | None], int] = {}
+    for _, phase, j in events:
+        if phase == 0 and timed[j]:
+            effect = (kind[j], observes[j], value[j])
+            twin[j] = last.get(effect, -1)
+            last[effect] = j
 
     state: str | None = None  # a key starts absent
-    mask = 0  # bitmask of the linearized ops
-    stack: list[tuple[int, str | None]] = []  # (call node, state before that op)
-    memo: set[tuple[int, str | None]] = set()
+    done = 0  # bitmask of the linearized completed ops
+    used = 0  # bitmask of the linearized timed-out ops
+    # Per linearized op: (call node, state before it, forced read-only step?, memo key).
+    stack: list[tuple[int, str | None, bool, tuple[int, object]]] = []
+    # Memo of refuted prefixes: (done, state or _NOTHING if nobody left observes it) ->
+    # the `used` masks seen. A prefix that used a superset of the timed-out ops of a
+    # refuted one is refuted too: timed-out ops are optional, so fewer used is never worse.
+    refuted: dict[tuple[int, object], list[int]] = {}
     # Deepest point reached, kept for the failure explanation.
     best_len = -1
     best_prefix: list[int] = []
@@ -226,7 +259,8 @@ def _check_key(key: str, raw: list[Operation], deadline: float) -> _KeyResult:
     best_stuck: list[int] = []
     best_blocker = -1
 
-    node = nxt[0]
+    node = 0
+    fresh = True  # a new prefix was just linearized
     steps = 0
     while remaining:
         steps += 1
@@ -235,50 +269,76 @@ def _check_key(key: str, raw: list[Operation], deadline: float) -> _KeyResult:
                 False,
                 timed_out=True,
                 explanation=f"search budget ran out on key {key!r} ({n} ops, "
-                f"{len(memo)} states explored): result unknown",
+                f"{len(stack)} linearized, {steps} steps): result unknown",
             )
-        if is_call[node]:
-            j = node_op[node]
-            k = kind[j]
-            new = state
-            if k == _PUT:
-                new = value[j]
-                # A timed-out write that changes nothing could go last instead.
-                legal = not timed[j] or new != state
-            elif k == _GET:
-                legal = state == out[j]
-            elif timed[j]:
-                new = value[j]
-                legal = state == expect[j] and new != state
-            elif cas_ok[j]:
-                new = value[j]
-                legal = state == expect[j]
+        forced = False
+        if fresh:
+            # A read-only op (completed get or failed cas) that fits the current state is
+            # linearized right away without branching: in any linearization extending
+            # this prefix it can be moved to the front, since every op that must precede
+            # it is already in the prefix and it changes no state. So if this prefix plus
+            # it cannot be extended, neither can this prefix.
+            fresh = False
+            node = nxt[0]
+            while is_call[node]:
+                j = node_op[node]
+                if (
+                    read_only[j]
+                    and state == observes[j]
+                    and (kind[j] == _GET or state != expect[j])
+                ):
+                    forced = True
+                    break
+                node = nxt[node]
             else:
-                legal = state != expect[j] and state == out[j]
-            if legal:
-                linearized = mask | bits[j]
-                if (linearized, new) not in memo:
-                    memo.add((linearized, new))
-                    stack.append((node, state))
-                    state, mask = new, linearized
-                    if not timed[j]:
-                        remaining -= 1
-                    # Lift the op's events out of the list.
-                    nxt[prv[node]], prv[nxt[node]] = nxt[node], prv[node]
-                    r = ret_node[j]
-                    if r:
-                        nxt[prv[r]] = nxt[r]
-                        if nxt[r] != -1:
-                            prv[nxt[r]] = prv[r]
-                    node = nxt[0]
-                    continue
-            node = nxt[node]
-            continue
+                node = nxt[0]
 
-        # A return event: its op had to be linearized by now, so undo the latest choice.
-        if len(stack) > best_len:
+        j = -1
+        new = state
+        if forced:
+            j = node_op[node]
+        elif is_call[node]:
+            j = node_op[node]
+            new = value[j]
+            t = twin[j]
+            if (
+                read_only[j]  # none fits the state, or the forced step would have taken it
+                or (t >= 0 and not used & bits[t])
+                # A timed-out write that changes nothing, or that nobody left can see,
+                # could go last instead.
+                or (timed[j] and (new == state or not watchers.get(new)))
+                or (kind[j] == _CAS and state != observes[j])
+            ):
+                node = nxt[node]
+                continue
+
+        if j >= 0:
+            # Extend the prefix with op j, unless the result is known to be refuted.
+            if timed[j]:
+                next_done, next_used = done, used | bits[j]
+            else:
+                next_done, next_used = done | bits[j], used
+            still_seen = watchers.get(new, 0) > (observes[j] == new)  # j stops watching
+            memo_key = (next_done, new if still_seen else _NOTHING)
+            if not any(u | next_used == next_used for u in refuted.get(memo_key, ())):
+                stack.append((node, state, forced, memo_key))
+                state, done, used = new, next_done, next_used
+                if not timed[j]:
+                    remaining -= 1
+                watchers[observes[j]] -= 1
+                _lift(nxt, prv, node, ret_node[j])
+                fresh = True
+                continue
+            if not forced:
+                node = nxt[node]
+                continue
+            node = 0  # the forced step leads to a refuted prefix, so this one is too
+
+        # Dead end: a return event (its op had to be linearized by now) or a refuted
+        # prefix. Undo the latest choice; undoing a forced step refutes its prefix too.
+        if node and len(stack) > best_len:
             best_len = len(stack)
-            best_prefix = [node_op[c] for c, _ in stack]
+            best_prefix = [node_op[c] for c, _, _, _ in stack]
             best_state = state
             best_stuck = []
             c = nxt[0]
@@ -286,31 +346,50 @@ def _check_key(key: str, raw: list[Operation], deadline: float) -> _KeyResult:
                 best_stuck.append(node_op[c])
                 c = nxt[c]
             best_blocker = node_op[node]
-        if not stack:
+        forced = True
+        while forced and stack:
+            node, state, forced, memo_key = stack.pop()
+            refuted.setdefault(memo_key, []).append(used)
+            j = node_op[node]
+            if timed[j]:
+                used ^= bits[j]
+            else:
+                done ^= bits[j]
+                remaining += 1
+            watchers[observes[j]] += 1
+            _unlift(nxt, prv, node, ret_node[j])
+        if forced:
             break
-        node, state = stack.pop()
-        j = node_op[node]
-        mask ^= bits[j]
-        if not timed[j]:
-            remaining += 1
-        # Put the events back in reverse order of removal (dancing links).
-        r = ret_node[j]
-        if r:
-            nxt[prv[r]] = r
-            if nxt[r] != -1:
-                prv[nxt[r]] = r
-        nxt[prv[node]] = node
-        prv[nxt[node]] = node
         node = nxt[node]
 
     if not remaining:
         return _KeyResult(True)
     return _KeyResult(
         False,
-        explanation=_explain(
-            ops, raw, best_prefix, best_state, best_stuck, best_blocker, len(memo)
-        ),
+        explanation=_explain(ops, raw, best_prefix, best_state, best_stuck, best_blocker, steps),
     )
+
+
+def _lift(nxt: list[int], prv: list[int], call: int, ret: int) -> None:
+    """Unlink an op's call event and its return event (0 if none) from the list."""
+    nxt[prv[call]] = nxt[call]
+    if nxt[call] != -1:
+        prv[nxt[call]] = prv[call]
+    if ret:
+        nxt[prv[ret]] = nxt[ret]
+        if nxt[ret] != -1:
+            prv[nxt[ret]] = prv[ret]
+
+
+def _unlift(nxt: list[int], prv: list[int], call: int, ret: int) -> None:
+    """Undo _lift; undoing in reverse order of lifting restores the list (dancing links)."""
+    if ret:
+        nxt[prv[ret]] = ret
+        if nxt[ret] != -1:
+            prv[nxt[ret]] = ret
+    nxt[prv[call]] = call
+    if nxt[call] != -1:
+        prv[nxt[call]] = call
 
 
 def _explain(
@@ -320,14 +399,13 @@ def _explain(
     state: str | None,
     stuck: list[int],
     blocker: int,
-    explored: int,
+    steps: int,
 ) -> str:
     completed = sum(not o.timed_out for o in ops)
     shown = [ops[j].src for j in prefix[-_PREFIX_TAIL:]]
     more = f"... {len(prefix) - len(shown)} earlier, then " if len(prefix) > len(shown) else ""
     parts = [
-        f"no linearization of {len(raw)} ops ({completed} completed) exists; "
-        f"{explored} states explored.",
+        f"no linearization of {len(raw)} ops ({completed} completed) exists; {steps} search steps.",
         f"Longest linearizable prefix ({len(prefix)} ops, leaving the key at {state!r}): "
         f"{more}{_fmt_list(shown)}.",
         f"Then {_fmt(ops[blocker].src)} had to come next (its return precedes later calls)"

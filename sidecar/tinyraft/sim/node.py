@@ -127,6 +127,11 @@ class SimNode:
         rd = raft.ready()
         if rd.role is Role.LEADER:
             self.hooks.elected(self.id, raft)
+        elif rd.role is not None and self.writes:
+            # Like the sidecar: a deposed leader tells its waiting clients to retry.
+            waiting, self.writes = self.writes, {}
+            for _, _, reply in waiting.values():
+                reply(False, "leadership lost", raft.leader)
         if raft.role is Role.LEADER:
             self.hooks.leader_log(self.id, raft)
         for m in rd.messages_now:
