@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -95,6 +97,33 @@ class _Link:
             backoff = min(backoff * 2, 1.0)
 
 
+class FaultFile:
+    """Test-only partitions: with TINYRAFT_TEST_FAULT_FILE set, the member drops all
+    Raft traffic to and from the member ids listed in that file (one per line). It is
+    re-read at most every 50 ms. Never set it in production."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._cut: frozenset[str] = frozenset()
+        self._read_at = 0.0
+
+    @staticmethod
+    def from_env() -> FaultFile | None:
+        path = os.environ.get("TINYRAFT_TEST_FAULT_FILE")
+        return FaultFile(path) if path else None
+
+    def cut(self, member: str) -> bool:
+        now = time.monotonic()
+        if now - self._read_at > 0.05:
+            self._read_at = now
+            try:
+                with open(self.path) as f:
+                    self._cut = frozenset(line.strip() for line in f if line.strip())
+            except FileNotFoundError:
+                self._cut = frozenset()
+        return member in self._cut
+
+
 class PeerTransport:
     def __init__(
         self,
@@ -111,6 +140,7 @@ class PeerTransport:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._return_paths: dict[str, asyncio.Queue[pb.MessageBatch]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.faults = FaultFile.from_env()
 
     def channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
@@ -125,6 +155,8 @@ class PeerTransport:
     def send(self, messages: list[Message]) -> None:
         by_peer: dict[str, list[Message]] = {}
         for m in messages:
+            if self.faults is not None and self.faults.cut(m.dst):
+                continue
             if isinstance(m, RequestVote):
                 self._spawn(self._request_vote(m))
             elif isinstance(m, TimeoutNow):
@@ -159,6 +191,8 @@ class PeerTransport:
         except ValueError as err:
             log.warning("dropped a malformed peer batch: %s", err)
             return
+        if self.faults is not None:
+            msgs = [m for m in msgs if not self.faults.cut(m.src)]
         self.handler.deliver(msgs)
 
     def forget(self, member: str) -> None:
@@ -199,8 +233,8 @@ class PeerTransport:
     async def send_snapshot(self, member: str, chunks: AsyncIterator[pb.SnapshotChunk]) -> None:
         """Stream a snapshot; raises on failure so the caller can report it to the core."""
         address = self.address_of(member)
-        if address is None:
-            raise ConnectionError(f"no address for member {member}")
+        if address is None or (self.faults is not None and self.faults.cut(member)):
+            raise ConnectionError(f"member {member} is unreachable")
         stub = peer_pb2_grpc.PeerStub(self.channel(address))
         await stub.InstallSnapshot(chunks, timeout=600.0)
 
@@ -279,6 +313,8 @@ class _PeerService(peer_pb2_grpc.PeerServicer):
     ) -> pb.RaftMessage:
         await self._check_cluster(_cluster_of(context), context)
         m = from_proto(request) if request.WhichOneof("body") == "request_vote" else None
+        if m is not None and self.t.faults is not None and self.t.faults.cut(m.src):
+            return pb.RaftMessage()
         if not isinstance(m, RequestVote):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a vote request")
             return pb.RaftMessage()
