@@ -29,6 +29,7 @@ VALID = [
     ("RAFT_BOOTSTRAP", "YES", "bootstrap", True, "0"),
     ("RAFT_DATA_DIR", "/data/raft", "data_dir", Path("/data/raft"), "/tmp/other"),
     ("RAFT_JOIN", "a:1, b.c:2", "join", (Address("a", 1), Address("b.c", 2)), "x:9"),
+    ("RAFT_AUTO_PROMOTE", "no", "auto_promote", False, "true"),
     ("MODULE_ADDR", "localhost:7200", "module", Address("localhost", 7200), "m:1"),
     ("METRICS_ADDR", "127.0.0.1:9200", "metrics", Address("127.0.0.1", 9200), ""),
     ("RAFT_HEARTBEAT_MS", "20", "heartbeat_ms", 20, "10"),
@@ -60,6 +61,7 @@ INVALID = [
     ("RAFT_BOOTSTRAP", "2"),
     ("RAFT_JOIN", "a:1,,b:2"),
     ("RAFT_JOIN", "a:1,b"),
+    ("RAFT_AUTO_PROMOTE", "later"),
     ("MODULE_ADDR", "localhost"),
     ("METRICS_ADDR", "x:y"),
     ("METRICS_ADDR", "0.0.0.0:7000"),  # the listen port

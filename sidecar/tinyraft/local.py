@@ -96,7 +96,11 @@ class LocalCluster:
         )
 
     def start_sidecar(
-        self, member_id: str, bootstrap: bool = False, join: list[str] | None = None
+        self,
+        member_id: str,
+        bootstrap: bool = False,
+        join: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         m = self.members[member_id]
         env = {
@@ -108,6 +112,7 @@ class LocalCluster:
             "RAFT_BOOTSTRAP": "true" if bootstrap else "false",
             "RAFT_JOIN": ",".join(join or []),
             **self.env,
+            **(env or {}),
         }
         if self.faults:
             env["TINYRAFT_TEST_FAULT_FILE"] = str(self._fault_file(member_id))
@@ -120,13 +125,17 @@ class LocalCluster:
         m.sidecar = self._spawn(["sidecar"], m.data_dir.parent / f"{member_id}.sidecar.log", env)
 
     def add(
-        self, member_id: str, bootstrap: bool = False, join: list[str] | None = None
+        self,
+        member_id: str,
+        bootstrap: bool = False,
+        join: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> LocalMember:
-        """Start a new member (its Module, then its sidecar)."""
+        """Start a new member (its Module, then its sidecar); env adds to the cluster's."""
         member = LocalMember(member_id, self.base_dir / member_id / "data")
         self.members[member_id] = member
         self.start_module(member_id)
-        self.start_sidecar(member_id, bootstrap, join)
+        self.start_sidecar(member_id, bootstrap, join, env)
         return member
 
     def form(self, count: int, timeout: float = 30.0) -> None:

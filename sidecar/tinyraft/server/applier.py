@@ -71,6 +71,7 @@ class Applier:
         self.sessions = SessionTable()
         self.applied = 0  # what the Module has applied
         self.snapshot_index = 0
+        self._bytes_since_snapshot = 0  # log bytes applied since the last snapshot
         self.queue: deque[list[Entry] | SnapshotInfo] = deque()
         self._queued = asyncio.Event()
         self._lock = asyncio.Lock()  # the Module's state must not move during a snapshot
@@ -137,7 +138,12 @@ class Applier:
                 entries.extend(self.queue.popleft())  # type: ignore[arg-type]
             async with self._lock:
                 await self._apply(entries, answer=True)
-                if self.applied - self.snapshot_index >= self.m.cfg.snapshot_entries:
+                self._bytes_since_snapshot += sum(len(e.data) for e in entries)
+                cfg = self.m.cfg
+                if (
+                    self.applied - self.snapshot_index >= cfg.snapshot_entries
+                    or self._bytes_since_snapshot >= cfg.snapshot_bytes
+                ):
                     await self._snapshot()
 
     async def _apply(self, entries: list[Entry], answer: bool) -> None:
@@ -243,6 +249,7 @@ class Applier:
             writer.abort()
             raise
         self.snapshot_index = meta.index
+        self._bytes_since_snapshot = 0
         self.m.metrics.snapshots.inc()
         self.m.metrics.snapshot_duration.observe(time.perf_counter() - started)
         log.info("snapshot at index %d (%d bytes)", meta.index, info.size)

@@ -94,6 +94,7 @@ class SidecarConfig:
     bootstrap: bool
     data_dir: Path
     join: tuple[Address, ...]
+    auto_promote: bool
     module: Address
     metrics: Address | None  # None: metrics disabled
     heartbeat_ms: int
@@ -150,6 +151,9 @@ _SETTINGS = (
     _Setting("join", "RAFT_JOIN", "--join", "", "(none)",
              "comma-separated HOST:PORT of existing members to ask to add this one",
              "HOST:PORT,..."),
+    _Setting("auto_promote", "RAFT_AUTO_PROMOTE", "--auto-promote", "true", "true",
+             "after joining with RAFT_JOIN, ask to become a voter once caught up; false "
+             "leaves promotion to an operator (Admin Promote)", "BOOL", boolean=True),
     _Setting("module", "MODULE_ADDR", "--module", "127.0.0.1:7100", "127.0.0.1:7100",
              "HOST:PORT of the user's Module gRPC service", "HOST:PORT"),
     _Setting("metrics", "METRICS_ADDR", "--metrics", "0.0.0.0:9100", "0.0.0.0:9100",
@@ -268,6 +272,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> SidecarConfig:
         bootstrap=bootstrap,
         data_dir=parse("data_dir", _path),
         join=join,
+        auto_promote=parse("auto_promote", _bool),
         module=parse("module", _address),
         metrics=metrics,
         heartbeat_ms=heartbeat_ms,

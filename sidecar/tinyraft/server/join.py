@@ -57,7 +57,8 @@ async def join_cluster(member: Member, cfg: SidecarConfig) -> None:
     assert isinstance(reply, apb.MembershipResponse)
     member.adopt_cluster(reply.cluster_id)
     log.info("joined cluster %s as a learner", reply.cluster_id)
-    await promote_when_caught_up(member, targets)
+    if cfg.auto_promote:
+        await promote_when_caught_up(member, targets)
 
 
 async def promote_when_caught_up(member: Member, targets: list[str]) -> None:
