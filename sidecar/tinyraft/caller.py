@@ -64,6 +64,10 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
+MAX_IN_FLIGHT = 4  # Apply requests one Caller keeps outstanding at once
+MAX_BATCH = 512  # commands per request when calls pile up
+
+
 class TinyraftError(Exception):
     """Base of every error the Caller raises. `code` is the gRPC status, if there was one."""
 
@@ -204,10 +208,48 @@ class Caller:
         # Created on first use, so that they belong to the event loop that uses them.
         self._channels: dict[str, tuple[grpc.aio.Channel, caller_pb2_grpc.CallerStub]] = {}
         self._closed = False
+        # Concurrent apply() calls share requests: while MAX_IN_FLIGHT requests are out,
+        # new commands wait and leave together in the next one (batching is the design).
+        self._waiting: list[tuple[bytes, asyncio.Future[bytes]]] = []
+        self._in_flight = 0
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def apply(self, command: bytes) -> bytes:
-        """Apply one command; its result once committed and applied by the Module."""
-        return (await self.apply_many([command]))[0]
+        """Apply one command; its result once committed and applied by the Module.
+        Concurrent calls are batched into shared requests; each keeps its own result."""
+        _check_command(command)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting.append((bytes(command), future))
+        self._flush_waiting()
+        return await future
+
+    def _flush_waiting(self) -> None:
+        while self._waiting and self._in_flight < MAX_IN_FLIGHT:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            self._in_flight += 1
+            task = asyncio.create_task(self._send_batch(batch))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _send_batch(self, batch: list[tuple[bytes, asyncio.Future[bytes]]]) -> None:
+        try:
+            results = await self._apply_request([command for command, _ in batch])
+        except BaseException as err:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
+            return
+        finally:
+            self._in_flight -= 1
+            self._flush_waiting()
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                if isinstance(result, CommandError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     async def apply_many(self, commands: Sequence[bytes]) -> list[bytes]:
         """Apply commands in order as one log entry; one result per command.
@@ -215,10 +257,17 @@ class Caller:
         Raises CommandError if the cluster refused one of them (the others' results are
         lost with it: call apply() per command when that matters)."""
         for command in commands:
-            if not isinstance(command, bytes | bytearray | memoryview):
-                raise TypeError(f"commands are bytes, not {type(command).__name__}: encode first")
+            _check_command(command)
         if not commands:
             return []
+        results = await self._apply_request(commands)
+        for result in results:
+            if isinstance(result, CommandError):
+                raise result
+        return results  # type: ignore[return-value]
+
+    async def _apply_request(self, commands: Sequence[bytes]) -> list[bytes | CommandError]:
+        """One ApplyRequest (retried with the same sequence numbers)."""
         session = self._session
         numbers = session.reserve(len(commands))
         ack_below = session.ack_below
@@ -242,18 +291,23 @@ class Caller:
                 f"the cluster answered {len(response.results)} results for {len(commands)} "
                 "commands; the member runs an incompatible tinyraft version"
             )
+        out: list[bytes | CommandError] = []
         for position, result in enumerate(response.results):
             if result.error:
                 # The usual reason is an expired session: later commands start a new one.
                 if self._session is session:
                     self._session = _Session()
-                raise CommandError(
-                    f"the cluster refused command {position} of {len(commands)}: "
-                    f"{result.error}; it was not applied",
-                    position,
-                    result.error,
+                out.append(
+                    CommandError(
+                        f"the cluster refused command {position} of {len(commands)}: "
+                        f"{result.error}; it was not applied",
+                        position,
+                        result.error,
+                    )
                 )
-        return [result.result for result in response.results]
+            else:
+                out.append(result.result)
+        return out
 
     async def query(self, request: bytes, consistency: ConsistencyName = "linearizable") -> bytes:
         """Ask the Module a read-only question.
@@ -451,6 +505,11 @@ class BlockingCaller:
         except BaseException:
             future.cancel()  # e.g. KeyboardInterrupt: do not leave the call running
             raise
+
+
+def _check_command(command: object) -> None:
+    if not isinstance(command, bytes | bytearray | memoryview):
+        raise TypeError(f"commands are bytes, not {type(command).__name__}: encode first")
 
 
 def _check_targets(targets: str | Sequence[str]) -> list[str]:

@@ -20,11 +20,10 @@ from rich.table import Table
 from tinyraft.caller import BlockingCaller
 from tinyraft.local import LocalCluster
 from tinyraft.v1 import admin_pb2 as apb
-from tinyraft.v1 import admin_pb2_grpc
+from tinyraft.v1 import admin_pb2_grpc, caller_pb2_grpc
 from tinyraft.v1 import caller_pb2 as cpb
-from tinyraft.v1 import caller_pb2_grpc
 
-WORDS = "the quick brown fox jumps over the lazy dog and the cat".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "the", "cat"]
 
 
 def _add(word: str) -> bytes:
@@ -72,12 +71,14 @@ class Tour:
         with BlockingCaller(c.addresses()) as caller:
             for word in WORDS:
                 caller.apply(_add(word))
-            self.check(_count(caller, "the") == 3, "12 words acknowledged; 'the' was counted 3 times")
+            self.check(
+                _count(caller, "the") == 3, "12 words acknowledged; 'the' was counted 3 times"
+            )
 
             say(f"[bold]3. The leader {leader} is killed with SIGKILL.[/]")
             assert leader is not None
             c.kill(leader)
-            new = c.wait_for(lambda: (n := c.leader()) not in (None, leader) and n, 20, "a new leader")
+            new = c.wait_for_new_leader(leader)
             self.check(True, f"{new} took over in term {c.status(new).term}")
             kept = all(_count(caller, w) == WORDS.count(w) for w in set(WORDS))
             self.check(kept, "no acknowledged word was lost")

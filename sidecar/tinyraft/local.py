@@ -235,6 +235,17 @@ class LocalCluster:
                 best = (s.term, member_id)
         return best[1] if best else None
 
+    def wait_for_new_leader(self, old: str | None, timeout: float = 20.0) -> str:
+        """A leader other than `old` (after old was killed, stopped or cut off)."""
+
+        def other() -> str | None:
+            lead = self.leader()
+            return lead if lead is not None and lead != old else None
+
+        leader = self.wait_for(other, timeout, f"a leader other than {old}")
+        assert leader is not None
+        return leader
+
     def addresses(self) -> list[str]:
         return [m.address for m in self.members.values()]
 
