@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -28,10 +29,13 @@ def _leader_hint(err: grpc.aio.AioRpcError) -> str | None:
     return None
 
 
-async def _call_leader(member: Member, targets: list[str], call: str, request: object) -> object:
-    """Call an Admin method on the leader, following leader hints; retries forever."""
+async def _call_leader(
+    member: Member, targets: list[str], call: str, request: object, until: Callable[[], bool]
+) -> object | None:
+    """Call an Admin method on the leader, following leader hints; retries until it
+    succeeds or `until()` says it is no longer needed (then None)."""
     delay = 0.1
-    while True:
+    while not until():
         for address in list(targets):
             stub = admin_pb2_grpc.AdminStub(member.transport.channel(address))
             try:
@@ -48,13 +52,18 @@ async def _call_leader(member: Member, targets: list[str], call: str, request: o
                 log.log(level, "%s at %s: %s", call, address, err.details())
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+    return None
 
 
 async def join_cluster(member: Member, cfg: SidecarConfig) -> None:
     targets = [str(a) for a in cfg.join]
     request = apb.AddLearnerRequest(member_id=member.id, address=str(cfg.advertise))
-    reply = await _call_leader(member, targets, "AddLearner", request)
-    assert isinstance(reply, apb.MembershipResponse)
+    # Stops early if this member was bootstrapped meanwhile (Admin Bootstrap).
+    reply = await _call_leader(
+        member, targets, "AddLearner", request, until=lambda: bool(member.cluster_id)
+    )
+    if not isinstance(reply, apb.MembershipResponse):
+        return
     member.adopt_cluster(reply.cluster_id)
     log.info("joined cluster %s as a learner", reply.cluster_id)
     if cfg.auto_promote:
@@ -72,7 +81,11 @@ async def promote_when_caught_up(member: Member, targets: list[str]) -> None:
                 status = None
             if status is not None and member.applier.applied >= status.commit_index:
                 await _call_leader(
-                    member, [leader, *targets], "Promote", apb.MemberRequest(member_id=member.id)
+                    member,
+                    [leader, *targets],
+                    "Promote",
+                    apb.MemberRequest(member_id=member.id),
+                    until=lambda: member.id in member.core.config.voters,
                 )
                 log.info("promoted to voter")
                 return
