@@ -10,27 +10,40 @@ library porcupine takes), written from scratch:
   linearized next. Linearizing one lifts its two events out of the list; reaching a
   return event means its op should already have been linearized, so we backtrack. An
   explicit stack replaces recursion because a key may have thousands of ops.
-* Memoisation: a (set of linearized ops, model state) pair seen once is never explored
-  again, since what can follow depends only on that pair.
+* Memoisation: a prefix (set of linearized ops, model state) that was refuted once is
+  never explored again, since what can follow depends only on that pair.
 
 Real-time order: op A precedes op B only if ``A.ret < B.call``. When a return and a
 call have the same timestamp the call is ordered first, so the two ops count as
-concurrent. This is the conservative choice: a checker never rejects a history because
-of a tie in a coarse clock (e.g. virtual ticks).
+concurrent. This is the conservative choice: the checker never rejects a history
+because of a tie in a coarse clock (e.g. virtual ticks).
 
 Timed-out ops (``ret is None``) may have taken effect at any moment after their call,
-or never. They have no return event (return time +infinity) and their output is not
-checked. A key is done as soon as every completed op is linearized, because the
-timed-out ops left over can always go last. Three reductions keep them cheap, each
-one sound:
+or never. They have no return event (return time +infinity), their output is not
+checked, and a key is done as soon as every completed op is linearized: the timed-out
+ops left over can always go last.
 
-* a timed-out get has no effect, so it is dropped;
-* a timed-out write is never linearized where it would change nothing (it could just
-  as well go last), which stops the search from trying it at every step;
-* a timed-out write whose new value no other op of the key ever sees (no get or cas
-  output and no cas ``expect`` holds it) is dropped: removing it from a linearization
-  only changes states nobody observed, and any timed-out op that would then behave
-  differently can move to the end.
+Pruning rules, each of which keeps at least one linearization if there is any:
+
+* Read-only steps are forced. A completed get or failed cas that fits the current state
+  is linearized without branching: in any linearization extending the prefix it can be
+  moved to the front (all ops that must precede it are in the prefix already, and it
+  changes nothing), so if the prefix plus it cannot be extended, neither can the prefix.
+* Inert timed-out writes are skipped. A timed-out get has no effect. A timed-out write
+  is never linearized where it would change nothing, nor when no op still to be
+  linearized observes its value (as a get or failed-cas output or a cas ``expect``):
+  removing it from a linearization only changes states that nobody observes, and any
+  timed-out op that then behaves differently can move to the end. For the same reason
+  all states that nobody still observes are one state for memoisation.
+* Identical timed-out writes are interchangeable once both have been called, so only
+  the earliest-called unused one is tried.
+* Fewer timed-out ops used is never worse: a prefix that differs from a refuted one only
+  by using more timed-out ops is refuted too.
+
+Cost: fine for the simulator's histories (thousands of ops over tens of keys check in
+milliseconds). A key whose writes reuse a few values, with many timed-out writes
+pending, can make a refutation exponential; ``budget_s`` bounds that and the result is
+then reported as unknown (``timed_out``). Unique written values avoid it.
 """
 
 from __future__ import annotations
@@ -171,9 +184,10 @@ class _KeyResult:
 
 
 def _observed(op: _Op) -> object:
-    """The value the key must hold for op to be linearized (_NOTHING for a put): a get's
-    output, a successful or timed-out cas's expected value, a failed cas's reported one."""
-    if op.kind == _PUT:
+    """The value the key must hold for op to be linearized (_NOTHING if any will do): a
+    get's output, a successful or timed-out cas's expected value, a failed cas's
+    reported one."""
+    if op.kind == _PUT or (op.timed_out and op.kind == _GET):
         return _NOTHING
     if op.kind == _CAS and (op.timed_out or op.cas_ok):
         return op.expect
@@ -320,7 +334,8 @@ def _check_key(key: str, raw: list[Operation], deadline: float) -> _KeyResult:
                 next_done, next_used = done | bits[j], used
             still_seen = watchers.get(new, 0) > (observes[j] == new)  # j stops watching
             memo_key = (next_done, new if still_seen else _NOTHING)
-            if not any(u | next_used == next_used for u in refuted.get(memo_key, ())):
+            seen_used = refuted.get(memo_key)
+            if seen_used is None or not any(u | next_used == next_used for u in seen_used):
                 stack.append((node, state, forced, memo_key))
                 state, done, used = new, next_done, next_used
                 if not timed[j]:
@@ -408,10 +423,13 @@ def _explain(
         f"no linearization of {len(raw)} ops ({completed} completed) exists; {steps} search steps.",
         f"Longest linearizable prefix ({len(prefix)} ops, leaving the key at {state!r}): "
         f"{more}{_fmt_list(shown)}.",
-        f"Then {_fmt(ops[blocker].src)} had to come next (its return precedes later calls)"
-        f" but it, and every other candidate ({_fmt_list(ops[j].src for j in stuck)}), "
-        "is inconsistent with that state.",
     ]
+    if blocker >= 0:
+        parts.append(
+            f"Then nothing fits: {_fmt(ops[blocker].src)} must be linearized before the ops "
+            f"called after it returned, and no candidate "
+            f"({_fmt_list(ops[j].src for j in stuck)}) can be linearized next."
+        )
     if len(raw) <= _LIST_ALL_OPS:
         parts.append(f"All ops of the key: {_fmt_list(sorted(raw, key=lambda o: o.call))}.")
     return " ".join(parts)
