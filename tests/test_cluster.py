@@ -216,3 +216,22 @@ def test_health_reflection_and_metrics_are_served(make_cluster):
         "tinyraft_build_info",
     ):
         assert name in text, f"{name} missing from /metrics"
+
+
+def test_a_member_restarts_after_snapshots_with_its_peers_addresses(make_cluster):
+    cluster = make_cluster(3, env={"RAFT_SNAPSHOT_ENTRIES": "20"})
+    with BlockingCaller(cluster.addresses()) as caller:
+        for i in range(60):
+            caller.apply(put(f"r{i}", str(i)))
+    for member in list(cluster.members):
+        cluster.wait_for(
+            lambda m=member: (s := cluster.try_status(m)) and s.snapshot_index > 0,
+            10,
+            f"{member} to snapshot",
+        )
+        cluster.kill(member)
+        cluster.restart(member)
+        cluster.wait_for(lambda: applied_everywhere(cluster), 20, f"{member} back in step")
+    with BlockingCaller(cluster.addresses()) as caller:
+        assert value_of(caller.query(get("r59"))) == "59"
+        assert caller.apply(put("after", "restarts")) == b'{"ok":true}'

@@ -58,7 +58,7 @@ async def _serve(cfg: SidecarConfig) -> int:
     metrics = Metrics()
     data_dir, recovered = _open_data_dir(cfg, metrics)
     member_id = data_dir.identity.member_id
-    member = Member(cfg, member_id, data_dir, metrics)
+    member = Member(cfg, member_id, data_dir, metrics, recovered)
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
     health_servicer = health.aio.HealthServicer()
@@ -99,7 +99,7 @@ async def _serve(cfg: SidecarConfig) -> int:
     await server.start()
     log.info("member %s listening on %s (advertised as %s)", member_id, listen, cfg.advertise)
     try:
-        await member.start(recovered.hard_state, recovered.snapshot, recovered.entries)
+        await member.start()
     except RuntimeError as err:
         print(f"tinyraft sidecar: {err}", file=sys.stderr)
         await server.stop(0)

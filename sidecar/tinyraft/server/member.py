@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +41,7 @@ from tinyraft.server.config import SidecarConfig
 from tinyraft.server.metrics import Metrics
 from tinyraft.server.module_client import ModuleClient
 from tinyraft.server.tls import channel_credentials
-from tinyraft.storage import DataDir, SnapshotInfo
+from tinyraft.storage import DataDir, Recovered
 from tinyraft.transport.peers import PeerTransport
 from tinyraft.v1 import peer_pb2 as pb
 
@@ -72,7 +73,12 @@ class _Waiter:
 
 class Member:
     def __init__(
-        self, cfg: SidecarConfig, member_id: str, data_dir: DataDir, metrics: Metrics
+        self,
+        cfg: SidecarConfig,
+        member_id: str,
+        data_dir: DataDir,
+        metrics: Metrics,
+        recovered: Recovered,
     ) -> None:
         self.cfg = cfg
         self.id = member_id
@@ -85,7 +91,13 @@ class Member:
         self.transport = PeerTransport(
             member_id, self, self.address_of, channel_credentials(cfg.tls)
         )
-        self.core: Raft
+        # The core exists from the start (Status answers while the Module is restored);
+        # it runs only once start() has brought the Module to the snapshot.
+        self.recovered = recovered
+        snap = recovered.snapshot.meta if recovered.snapshot is not None else SnapshotMeta()
+        self.core = Raft(
+            self.options(), random.Random(), recovered.hard_state, snap, recovered.entries
+        )
         self._kick = asyncio.Event()
         self._pending: list[tuple[list[Command], asyncio.Future[list[Result]]]] = []
         self._pending_count = 0
@@ -110,21 +122,8 @@ class Member:
             max_msg_bytes=MAX_ENTRY_BYTES,
         )
 
-    async def start(
-        self, hard_state: Any, snapshot: SnapshotInfo | None, entries: list[Entry]
-    ) -> None:
-        await self.applier.start(snapshot)
-        import random
-
-        meta = snapshot.meta if snapshot is not None else SnapshotMeta()
-        self.core = Raft(
-            self.options(),
-            random.Random(),
-            hard_state,
-            meta,
-            entries,
-            applied=self.applier.applied,
-        )
+    async def start(self) -> None:
+        await self.applier.start(self.recovered.snapshot)
         self._publish()
         self._tasks = [
             asyncio.create_task(self._raft_loop(), name="raft-loop"),
