@@ -60,6 +60,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, not {text!r}")
+    return value
+
+
 def _pem_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -221,6 +231,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo", help="a guided tour: a real local cluster surviving a leader crash, and more"
     )
+
+    bench = sub.add_parser("bench", help="benchmark a local cluster through real Callers")
+    bench.add_argument("--members", type=_positive, default=3)
+    bench.add_argument("--concurrency", type=_positive, default=64, help="calls in flight")
+    bench.add_argument("--size", type=_positive, default=128, help="command size in bytes")
+    bench.add_argument("--seconds", type=_seconds, default=10.0, help="measured duration")
+    bench.add_argument("--reads", type=_fraction, default=0.0, help="fraction of queries, 0..1")
+    bench.add_argument(
+        "--consistency", choices=["linearizable", "lease", "stale"], default="linearizable"
+    )
+    bench.add_argument("--no-fsync", action="store_true", help="unsafe: skip fsync (to compare)")
+    bench.add_argument("--json", action="store_true", help="only the JSON result line")
     _add_ops_commands(sub)
     _add_local_commands(sub)
     return parser
@@ -301,6 +323,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         seeds = args.seeds or (1 if args.seed is not None else 100)
         return sim_main(seeds, args.seed or 0, args.members, args.jobs, args.json, args.verbose)
+    if args.command == "bench":
+        from tinyraft.bench import BenchConfig
+        from tinyraft.bench import main as bench_main
+
+        return bench_main(
+            BenchConfig(
+                members=args.members,
+                concurrency=args.concurrency,
+                size=args.size,
+                seconds=args.seconds,
+                reads=args.reads,
+                consistency=args.consistency,
+                fsync=not args.no_fsync,
+            ),
+            args.json,
+        )
     if args.command == "demo":
         from tinyraft.demo import main as demo_main
 
