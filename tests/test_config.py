@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.certs import CertAuthority
 
 from tinyraft.server.config import (
     MIB,
@@ -191,15 +192,21 @@ def test_flag_without_its_value_names_the_variable():
 
 @pytest.fixture
 def pem_files(tmp_path):
-    files = {}
-    for env, name in [
-        ("TLS_CERT_FILE", "tls.crt"),
-        ("TLS_KEY_FILE", "tls.key"),
-        ("TLS_CA_FILE", "ca.crt"),
-    ]:
-        (tmp_path / name).write_text("-----BEGIN PLACEHOLDER-----\n")
-        files[env] = str(tmp_path / name)
-    return files
+    files = CertAuthority.create(tmp_path, "test-ca").issue("member")
+    return {
+        "TLS_CERT_FILE": str(files.cert),
+        "TLS_KEY_FILE": str(files.key),
+        "TLS_CA_FILE": str(files.ca),
+    }
+
+
+def test_unusable_tls_files_are_named(pem_files, tmp_path):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN PLACEHOLDER-----\n")
+    message = error_of(**{**pem_files, "TLS_KEY_FILE": str(garbage)})
+    assert "TLS_CERT_FILE (--tls-cert) and TLS_KEY_FILE (--tls-key)" in message
+    message = error_of(**{**pem_files, "TLS_CA_FILE": str(garbage)})
+    assert message.startswith("TLS_CA_FILE (--tls-ca)") and "garbage.pem" in message
 
 
 def test_tls_from_env_and_flags(pem_files):

@@ -236,9 +236,13 @@ class Raft:
         address), promote or remove. Returns the index of the configuration entry."""
         self._check_proposable()
         if not self.committed_in_term():
-            raise ConfigChangeRefused("the new leader has not committed in its term yet; retry")
+            raise ConfigChangeRefused(
+                "the new leader has not committed in its term yet; retry", retryable=True
+            )
         if self.pending_config_index > self.commit:
-            raise ConfigChangeRefused("another membership change is still in progress; retry")
+            raise ConfigChangeRefused(
+                "another membership change is still in progress; retry", retryable=True
+            )
         voters, learners = set(self.config.voters), set(self.config.learners)
         if op == "add_learner":
             if member in voters or member in learners:

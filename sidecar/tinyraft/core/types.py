@@ -250,7 +250,8 @@ class TooManyUncommitted(ProposalError):
 
 
 class ConfigChangeRefused(ProposalError):
-    retryable = False
+    """A membership change refused: for good (retryable False), or just not now."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, retryable: bool = False) -> None:
         super().__init__(reason)
+        self.retryable = retryable

@@ -33,6 +33,7 @@ import argparse
 import ipaddress
 import json
 import re
+import ssl
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -265,6 +266,7 @@ def load_config(argv: list[str], environ: Mapping[str, str]) -> SidecarConfig:
     tls = None
     if tls_given:
         tls = TlsConfig(*(parse(name, _readable_file) for name in _TLS_FILES))
+        _check_tls_files(tls)
     return SidecarConfig(
         node_id=node_id,
         listen=listen,
@@ -346,6 +348,16 @@ def _quote(value: str) -> str:
 
 class _Unusable(ValueError):
     """The value has the right form but cannot be used; the message says why."""
+
+
+def parse_member_id(value: str) -> str:
+    """A member id as NODE_ID accepts it; ValueError says the expected form."""
+    return _node_id(value)
+
+
+def parse_address(value: str) -> Address:
+    """HOST:PORT as every address setting accepts it; ValueError says the expected form."""
+    return _address(value)
 
 
 def _node_id(value: str) -> str:
@@ -444,6 +456,22 @@ def _path(value: str) -> Path:
     if "\0" in value:
         raise ValueError("a path without NUL characters")
     return Path(value)
+
+
+def _check_tls_files(tls: TlsConfig) -> None:
+    """Load the PEM files once, so a bad one is named now rather than failing the bind."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"{_flagged('tls_cert')} and {_flagged('tls_key')}: {tls.cert_file} and "
+            f"{tls.key_file} are not a PEM certificate and its matching private key ({exc})"
+        ) from None
+    try:
+        context.load_verify_locations(cafile=tls.ca_file)
+    except (ssl.SSLError, ValueError) as exc:
+        _fail("tls_ca", f"{tls.ca_file} is not a PEM CA certificate ({exc})")
 
 
 def _readable_file(value: str) -> Path:

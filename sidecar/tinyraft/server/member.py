@@ -111,6 +111,7 @@ class Member:
         self._last_contact: dict[str, float] = {}
         self._sent_at: dict[str, tuple[int, float]] = {}
         self.stopping = False
+        self.started = False  # the Module is at the snapshot and the Raft loop runs
 
     # -- start and stop ----------------------------------------------------------------
 
@@ -125,6 +126,7 @@ class Member:
     async def start(self) -> None:
         await self.applier.start(self.recovered.snapshot)
         self._publish()
+        self.started = True
         self._tasks = [
             asyncio.create_task(self._raft_loop(), name="raft-loop"),
             asyncio.create_task(self._ticker(), name="ticker"),
@@ -155,6 +157,7 @@ class Member:
             await asyncio.sleep(interval)
             self.core.tick()
             self.kick()
+            self._publish()  # gauges once per tick, not once per batch
 
     async def _raft_loop(self) -> None:
         try:
@@ -165,7 +168,6 @@ class Member:
                 while self.core.has_ready():
                     await self._handle_ready()
                     self._propose_pending()
-                self._publish()
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -18,6 +18,7 @@ from tinyraft.core.types import (
     Role,
     TooManyUncommitted,
 )
+from tinyraft.server.config import parse_address, parse_member_id
 from tinyraft.server.member import Member, Overloaded, Unavailable
 from tinyraft.v1 import admin_pb2 as apb
 from tinyraft.v1 import admin_pb2_grpc, caller_pb2_grpc
@@ -26,6 +27,7 @@ from tinyraft.v1 import caller_pb2 as cpb
 log = logging.getLogger("tinyraft.services")
 
 LEADER_KEY = "tinyraft-leader"
+PROMOTE_READY = 0.9  # a learner is promoted only with this share of committed entries
 QUERY_TIMEOUT_S = 10.0
 
 
@@ -50,7 +52,8 @@ async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
     if isinstance(err, (Overloaded, TooManyUncommitted)):
         await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
     if isinstance(err, ConfigChangeRefused):
-        await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        code = grpc.StatusCode.UNAVAILABLE if err.retryable else grpc.StatusCode.FAILED_PRECONDITION
+        await _abort(context, code, str(err))
     if isinstance(err, ProposalError):
         await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
     raise err
@@ -83,6 +86,8 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         self, request: cpb.ApplyRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ApplyResponse:
         m = self.m
+        if not m.started:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "this member is starting; retry")
         if not request.commands:
             await _abort(
                 context,
@@ -138,6 +143,8 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         self, request: cpb.QueryRequest, context: grpc.aio.ServicerContext
     ) -> cpb.QueryResponse:
         m = self.m
+        if not m.started:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "this member is starting; retry")
         timeout = context.time_remaining() or QUERY_TIMEOUT_S
         try:
             if request.consistency != cpb.CONSISTENCY_STALE:
@@ -209,8 +216,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def AddLearner(
         self, request: apb.AddLearnerRequest, context: grpc.aio.ServicerContext
     ) -> apb.MembershipResponse:
-        if not _valid_address(request.address):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "address: expected HOST:PORT")
+        try:
+            parse_member_id(request.member_id)
+        except ValueError as err:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"member_id: expected {err}")
+        try:
+            parse_address(request.address)
+        except ValueError as err:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"address: expected {err}")
         config = self.m.core.config
         if (
             request.member_id in config.learners
@@ -230,6 +243,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Promote(
         self, request: apb.MemberRequest, context: grpc.aio.ServicerContext
     ) -> apb.MembershipResponse:
+        core = self.m.core
+        pr = core.progress.get(request.member_id)
+        lagging = pr is None or pr.match < PROMOTE_READY * core.commit
+        if core.role is Role.LEADER and request.member_id in core.config.learners and lagging:
+            # A voter that cannot keep up would weaken quorum at once (etcd refuses too).
+            await _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"learner {request.member_id} is not caught up (has {pr.match if pr else 0} "
+                f"of {core.commit} committed entries); retry once it is",
+            )
         return await self._change(context, "promote", request.member_id)
 
     async def RemoveMember(
@@ -321,8 +345,3 @@ def _most_caught_up(m: Member) -> str | None:
         (core.progress[v].match, v) for v in core.config.voters if v != m.id and v in core.progress
     ]
     return max(others)[1] if others else None
-
-
-def _valid_address(address: str) -> bool:
-    host, sep, port = address.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
