@@ -186,6 +186,12 @@ class ModuleServicer(pb_grpc.ModuleServicer):
             return pb.ApplyBatchResponse(results=results)
 
     async def Query(self, request: Any, context: Any) -> pb.ModuleQueryResponse:
+        if self.applied_index < request.min_index:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the Module has applied index {self.applied_index}, the query needs "
+                f"{request.min_index}: it restarted and must be restored first",
+            )
         try:
             return pb.ModuleQueryResponse(answer=self.module.query(request.request))
         except Exception as exc:

@@ -75,6 +75,7 @@ class Applier:
         self.queue: deque[list[Entry] | SnapshotInfo] = deque()
         self._queued = asyncio.Event()
         self._lock = asyncio.Lock()  # the Module's state must not move during a snapshot
+        self._rebuilding: asyncio.Task[None] | None = None
         self._applied_changed = asyncio.Event()
         self.module_ready = False
 
@@ -256,17 +257,30 @@ class Applier:
         return info
 
     async def _restore(self, info: SnapshotInfo) -> None:
-        reader = self.m.data_dir.snapshots.reader(info)
-        try:
-            sessions, module_bytes = split_snapshot(iter(reader))
-            await self._retry(lambda: self.module.restore(info.meta.index, module_bytes))
-        finally:
-            reader.close()
+        sessions = await self._retry(lambda: self._push_snapshot(info))
         self.sessions = SessionTable()
         self.sessions.restore(sessions)
         self.snapshot_index = info.meta.index
         self._advance(info.meta.index)
         self.module_ready = True
+
+    async def _push_snapshot(self, info: SnapshotInfo) -> bytes:
+        """One attempt to stream a snapshot into the Module (a fresh read each time);
+        returns the session table it carries."""
+        with self.m.data_dir.snapshots.reader(info) as reader:
+            sessions, module_bytes = split_snapshot(iter(reader))
+            await self.module.restore(info.meta.index, module_bytes)
+        return sessions
+
+    def rebuild_soon(self) -> None:
+        """A read found the Module behind (it restarted): restore it in the background."""
+        if self._rebuilding is None or self._rebuilding.done():
+            self.module_ready = False
+            self._rebuilding = asyncio.create_task(self._rebuild_locked())
+
+    async def _rebuild_locked(self) -> None:
+        async with self._lock:
+            await self._rebuild()
 
     async def _rebuild(self) -> None:
         """The Module lost its state: restore the latest snapshot, replay the log."""

@@ -112,6 +112,7 @@ class Member:
         self._sent_at: dict[str, tuple[int, float]] = {}
         self.stopping = False
         self.started = False  # the Module is at the snapshot and the Raft loop runs
+        self._next_tick = time.monotonic()
 
     # -- start and stop ----------------------------------------------------------------
 
@@ -153,11 +154,22 @@ class Member:
 
     async def _ticker(self) -> None:
         interval = self.cfg.heartbeat_ms / 1000
+        self._next_tick = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            self.core.tick()
+            await asyncio.sleep(max(self._next_tick - time.monotonic(), 0))
+            self._catch_up_clock()
             self.kick()
             self._publish()  # gauges once per tick, not once per batch
+
+    def _catch_up_clock(self) -> None:
+        """Tick the core once per heartbeat interval that has really passed. A process
+        that was paused (SIGSTOP, a long GC, a frozen VM) must not wake up believing
+        no time went by: its leader lease would outlive what its followers granted."""
+        interval = self.cfg.heartbeat_ms / 1000
+        now = time.monotonic()
+        while now >= self._next_tick:
+            self.core.tick()
+            self._next_tick += interval
 
     async def _raft_loop(self) -> None:
         try:
@@ -323,6 +335,8 @@ class Member:
     async def read_index(self, lease: bool, timeout: float) -> int:
         """An index that, once applied, makes a read linearizable."""
         ctx = next(self._read_ids)
+        if lease:
+            self._catch_up_clock()  # a lease is only as good as our idea of the time
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = fut
         self.core.read_index(ctx, lease=lease and self.core.role is Role.LEADER)

@@ -59,8 +59,16 @@ class ModuleClient:
             )
         return [r.result for r in reply.results]
 
-    async def query(self, request: bytes, timeout: float) -> bytes:
-        reply = await self.stub.Query(mpb.ModuleQueryRequest(request=request), timeout=timeout)
+    async def query(self, request: bytes, timeout: float, min_index: int) -> bytes:
+        """Raises ModuleOutOfSync if the Module has applied less than min_index."""
+        try:
+            reply = await self.stub.Query(
+                mpb.ModuleQueryRequest(request=request, min_index=min_index), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise ModuleOutOfSync(err.details() or "") from err
+            raise
         return bytes(reply.answer)
 
     async def snapshot(self) -> AsyncIterator[tuple[int, bytes]]:

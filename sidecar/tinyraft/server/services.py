@@ -20,6 +20,7 @@ from tinyraft.core.types import (
 )
 from tinyraft.server.config import parse_address, parse_member_id
 from tinyraft.server.member import Member, Overloaded, Unavailable
+from tinyraft.server.module_client import ModuleOutOfSync
 from tinyraft.v1 import admin_pb2 as apb
 from tinyraft.v1 import admin_pb2_grpc, caller_pb2_grpc
 from tinyraft.v1 import caller_pb2 as cpb
@@ -151,10 +152,17 @@ class CallerService(caller_pb2_grpc.CallerServicer):
                 lease = request.consistency == cpb.CONSISTENCY_LEASE
                 index = await m.read_index(lease, timeout)
                 await asyncio.wait_for(m.applier.wait_applied(index), timeout)
-            answer = await m.module.query(request.request, timeout)
+            answer = await m.module.query(request.request, timeout, m.applier.applied)
         except TimeoutError:
             await _abort(
                 context, grpc.StatusCode.DEADLINE_EXCEEDED, "the read did not complete in time"
+            )
+        except ModuleOutOfSync:
+            m.applier.rebuild_soon()
+            await _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "this member's Module restarted and is being restored; retry",
             )
         except grpc.aio.AioRpcError as err:
             code = err.code()

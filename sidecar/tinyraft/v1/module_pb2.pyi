@@ -37,10 +37,12 @@ class ApplyBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ApplyResult, _Mapping]]] = ...) -> None: ...
 
 class ModuleQueryRequest(_message.Message):
-    __slots__ = ("request",)
+    __slots__ = ("request", "min_index")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MIN_INDEX_FIELD_NUMBER: _ClassVar[int]
     request: bytes
-    def __init__(self, request: _Optional[bytes] = ...) -> None: ...
+    min_index: int
+    def __init__(self, request: _Optional[bytes] = ..., min_index: _Optional[int] = ...) -> None: ...
 
 class ModuleQueryResponse(_message.Message):
     __slots__ = ("answer",)
