@@ -324,6 +324,16 @@ def test_deleting_a_broken_cluster_does_not_hang(operator: K8sEnv) -> None:
     for i in range(3):  # every member down: no quorum, nobody answers
         env.nodes.running[(ns, f"{name}-{i}")].sidecar.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
     try:
+
+        def quorum_lost() -> bool:
+            status = env.rc(ns, name)["status"]
+            conditions = {c["type"]: c["status"] for c in status["conditions"]}
+            return status["phase"] == "QuorumLost" and conditions == {
+                "Available": "False", "Progressing": "False", "Degraded": "True",
+                "QuorumLost": "True", "ClusterIDMismatch": "False",
+            }  # fmt: skip
+
+        wait_for(quorum_lost, 30, "the status to report QuorumLost")
         env.api.delete(f"/apis/tinyraft.dev/v1alpha1/namespaces/{ns}/raftclusters/{name}")
         wait_for(
             lambda: (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -27,7 +28,9 @@ def run_many(
     started = time.perf_counter()
     work = [(s, member_counts[i % len(member_counts)]) for i, s in enumerate(seeds)]
     if jobs > 1 and len(work) > 1:
-        with ProcessPoolExecutor(jobs) as pool:
+        # forkserver, not fork: the caller may hold threads (gRPC) that fork would copy.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
             results = list(pool.map(_run, work, chunksize=4))
     else:
         results = [_run(w) for w in work]
