@@ -33,9 +33,13 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    if report.when == "call" and report.failed and "make_cluster" in item.fixturenames:
-        tmp = item.funcargs.get("tmp_path")
-        if isinstance(tmp, Path):
-            for log in sorted(tmp.glob("cluster*/**/*.log")):
+    if report.when != "call" or not report.failed:
+        return
+    # The logs of the test's own clusters (make_cluster) or of a module's shared one.
+    shared = item.funcargs.get("cluster")
+    bases = [item.funcargs.get("tmp_path"), getattr(shared, "base_dir", None)]
+    for base in bases:
+        if isinstance(base, Path):
+            for log in sorted(base.glob("**/*.log")):
                 tail = log.read_text(errors="replace").splitlines()[-25:]
                 report.sections.append((f"log {log.name}", "\n".join(tail)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -19,11 +18,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests.shared_cluster import formed_cluster
 
 from certs import CertAuthority
 from tinyraft.caller import BlockingCaller, InvalidArgument, RetryPolicy
@@ -47,49 +46,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
     finally:
         c.close()
-
-
-PORT_TAKEN = re.compile(r"cannot listen on|Address already in use")
-
-
-def log_tails(base: Path, lines: int = 25) -> str:
-    """The last lines of every process log under base, for a failure's report."""
-    out = []
-    for log in sorted(base.rglob("*.log")):
-        tail = log.read_text(errors="replace").splitlines()[-lines:]
-        out.append(f"--- {log.relative_to(base)}\n" + "\n".join(tail))
-    return "\n".join(out)
-
-
-def formed_cluster(base: Path, members: int, **kwargs: Any) -> LocalCluster:
-    """A formed cluster under base. Its ports come from free_port(), which another
-    process on a busy machine can take before the member binds it: a cluster that
-    failed to form for that reason alone is tried once more in a fresh directory. Any
-    other failure to form is an error, reported with every process's log."""
-    for attempt in range(2):
-        cluster = LocalCluster(base / f"cluster{attempt}", **kwargs)
-        try:
-            cluster.form(members)
-            return cluster
-        except TimeoutError as err:
-            tails = log_tails(cluster.base_dir)
-            cluster.close()
-            if attempt == 0 and PORT_TAKEN.search(tails):
-                continue
-            raise TimeoutError(f"{err}\n{tails}") from None
-    raise AssertionError("unreachable")
-
-
-@pytest.fixture(autouse=True)
-def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Print the tails of the process logs under a failed test's report."""
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before:
-        cluster, tmp = request.node.funcargs.get("cluster"), request.node.funcargs.get("tmp_path")
-        for base in (cluster.base_dir if cluster else None, tmp):
-            if base is not None:
-                print(log_tails(base))
 
 
 # -- helpers ---------------------------------------------------------------------------
