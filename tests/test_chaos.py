@@ -46,7 +46,6 @@ import asyncio
 import json
 import os
 import signal
-import time
 from collections.abc import Callable
 
 import pytest
@@ -267,9 +266,10 @@ def test_a_snapshot_that_arrives_while_the_module_is_down_is_restored_when_it_is
         30,
         f"{victim} to install the leader's snapshot",
     )
-    time.sleep(1.0)  # the Module stays down while the sidecar tries to restore into it
-    cluster.start_module(victim)
     log = cluster.base_dir / victim / f"{victim}.sidecar.log"
+    # The Module stays down until the sidecar has failed to restore into it once.
+    cluster.wait_for(lambda: "; retrying" in log.read_text(), 30, "a failed restore attempt")
+    cluster.start_module(victim)
     try:
         cluster.wait_for(lambda: _applied_everywhere(cluster), 30, f"{victim} to catch up")
         caught_up = True

@@ -331,10 +331,6 @@ def _condition(old: list[Mapping[str, Any]], type_: str, status: bool, reason: s
     }
 
 
-PHASES = ("Pending", "Bootstrapping", "Running", "Progressing", "Degraded", "QuorumLost",
-          "ClusterIDMismatch", "Paused", "Invalid")  # fmt: skip
-
-
 def build_status(spec: ClusterSpec, obs: Observation | None, action: Action, latched: str,
                  old: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
     conditions_old = list(old.get("conditions") or [])

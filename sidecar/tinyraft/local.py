@@ -83,6 +83,18 @@ class LocalMember:
         return f"127.0.0.1:{self.module_port}"
 
 
+def wait_for[R](condition: Callable[[], R], timeout: float, what: str) -> R:
+    """Poll until condition() is truthy; on timeout, fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
 class LocalCluster:
     def __init__(
         self,
@@ -275,12 +287,4 @@ class LocalCluster:
         return [m.address for m in self.members.values()]
 
     def wait_for(self, condition: Callable[[], T], timeout: float, what: str) -> T:
-        """Poll until condition() is truthy; on timeout, fail naming what was awaited."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(0.05)
+        return wait_for(condition, timeout, what)

@@ -20,7 +20,6 @@ class Progress:
     __slots__ = (
         "acked_round",
         "inflight",
-        "last_heard",
         "match",
         "max_inflight",
         "next",
@@ -41,7 +40,6 @@ class Progress:
         self.inflight: deque[int] = deque()  # last index of each append in flight
         self.max_inflight = max_inflight
         self.recent_active = False  # heard from within this election timeout (check-quorum)
-        self.last_heard = 0  # tick of the last message from it
         self.acked_round = 0  # the latest ReadIndex round it confirmed
 
     def paused(self) -> bool:

@@ -477,7 +477,6 @@ class Raft:
         if pr is None:
             return  # not (or no longer) a member
         pr.recent_active = True
-        pr.last_heard = self.ticks
         if isinstance(m, AppendResponse):
             self._handle_append_response(m, pr)
         elif isinstance(m, HeartbeatResponse):

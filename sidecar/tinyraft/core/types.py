@@ -211,18 +211,6 @@ class Ready:
     leader: MemberId | None = None  # the known leader when role or leader changed
     must_sync: bool = False
 
-    def empty(self) -> bool:
-        return not (
-            self.hard_state
-            or self.snapshot
-            or self.entries
-            or self.messages_now
-            or self.messages
-            or self.committed
-            or self.reads
-            or self.role
-        )
-
 
 # --- proposal errors ------------------------------------------------------------------
 

@@ -110,7 +110,6 @@ class Member:
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_contact: dict[str, float] = {}
         self._sent_at: dict[str, tuple[int, float]] = {}
-        self.stopping = False
         self.started = False  # the Module is at the snapshot and the Raft loop runs
         self._next_tick = time.monotonic()
 
@@ -120,7 +119,7 @@ class Member:
         return Options(
             self.id,
             election_ticks=self.cfg.election_ticks,
-            heartbeat_ticks=1,
+            heartbeat_ticks=self.cfg.heartbeat_ticks,
             max_msg_bytes=MAX_ENTRY_BYTES,
         )
 
@@ -135,7 +134,6 @@ class Member:
         ]
 
     async def stop(self) -> None:
-        self.stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

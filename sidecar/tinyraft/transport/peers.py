@@ -81,8 +81,9 @@ class _Link:
         while True:
             address = self.transport.address_of(self.member)
             if address is None:
-                await asyncio.sleep(backoff)
-                continue
+                # No longer in the configuration: end; a later send opens a new link.
+                del self.transport._links[self.member]
+                return
             try:
                 stub = peer_pb2_grpc.PeerStub(self.transport.channel(address))
                 call = stub.Stream(self._batches())
@@ -197,12 +198,6 @@ class PeerTransport:
         if self.faults is not None:
             msgs = [m for m in msgs if not self.faults.cut(m.src)]
         self.handler.deliver(msgs)
-
-    def forget(self, member: str) -> None:
-        """The member left the configuration: stop its outbound stream."""
-        link = self._links.pop(member, None)
-        if link is not None:
-            link.task.cancel()
 
     async def _request_vote(self, m: RequestVote) -> None:
         address = self.address_of(m.dst)
