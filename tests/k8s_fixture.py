@@ -639,6 +639,15 @@ class Nodes:
             return
         run.ready = ready
         ns, name = run.namespace, run.name
+        try:
+            self._patch_pod_status(ns, name, pod, run, ready)
+        except ApiError as err:
+            if err.status != 404:  # deleted since it was listed: a kubelet shrugs too
+                raise
+
+    def _patch_pod_status(
+        self, ns: str, name: str, pod: dict[str, Any], run: RunningPod, ready: bool
+    ) -> None:
         self.api.patch(
             f"/api/v1/namespaces/{ns}/pods/{name}/status",
             {"status": {
