@@ -52,7 +52,7 @@ from tinyraft.v1 import admin_pb2 as apb
 from tinyraft.v1 import admin_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD_PATH = ROOT / "operator" / "crds" / "raftcluster.yaml"
+CRD_PATH = ROOT / "charts" / "tinyraft-operator" / "crds" / "raftcluster.yaml"
 RC_API = "/apis/tinyraft.dev/v1alpha1"
 
 
@@ -90,6 +90,8 @@ class _Emulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self._version = 0
         self._write_lock = asyncio.Lock()
+        # {who: {(api group, resource[/subresource], RBAC verb)}}
+        self.verbs_by_who: dict[str, set[tuple[str, str, str]]] = {}
 
     async def __call__(self, raw_request: Any) -> Any:
         # kmock keeps every request for assertions and scans them on each new one; these
@@ -100,11 +102,20 @@ class _Emulator(kmock.KubernetesEmulator):
                 del holder._requests[:-100]
         return await super().__call__(raw_request)
 
+    async def _serve_version(self, request: Any) -> Any:
+        # kmock names the core group version "/v1"; an API server (and Helm) says "v1".
+        payload = await super()._serve_version(request)
+        if payload.get("groupVersion") == "/v1":
+            payload["groupVersion"] = "v1"
+        return payload
+
     def _next_version(self) -> str:
         self._version += 1
         return str(self._version)
 
     async def _handle(self, request: Any) -> Any:
+        if request.resource is not None and request.resource.plural:  # not discovery
+            self._record(request)
         if request.resource is None or request.action not in (
             kmock.action.CREATE,
             kmock.action.UPDATE,
@@ -119,10 +130,27 @@ class _Emulator(kmock.KubernetesEmulator):
                 raise kmock.KubernetesError(422, "Invalid", f"bad patch: {exc}") from None
             return await super()._handle(request)
 
+    def _record(self, request: Any) -> None:
+        """Note the RBAC verb of the request, by who made it: the bearer token, else the
+        user agent's product (client-go sends no token over plain HTTP)."""
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        who = token or request.headers.get("User-Agent", "").split("/")[0]
+        method, res = request.method.value, request.resource
+        if method == "GET":
+            verb = "get" if request.name else "watch" if request.params.get("watch") else "list"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, "delete")
+        plural = res.plural + (f"/{request.subresource}" if request.subresource else "")
+        self.verbs_by_who.setdefault(who, set()).add((res.group or "", plural, verb))
+
     def _stamp(self, request: Any) -> None:
         data = request.data
         if request.action == kmock.action.CREATE:
             meta = data.setdefault("metadata", {})
+            key = (request.resource, request.namespace or meta.get("namespace"), meta.get("name"))
+            if key in self.objects and not self.objects[key].deleted:
+                # the reason clients (Helm: CRDs already installed) test for
+                raise kmock.KubernetesError(409, "AlreadyExists", f"{meta.get('name')} exists")
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
             if not meta.get("name") and meta.get("generateName"):
@@ -168,6 +196,16 @@ _RESOURCES = [
     ("apps/v1/statefulsets", "StatefulSet", True, ["status", "scale"]),
     ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True, ["status"]),
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, []),
+    # what the Helm chart installs
+    ("v1/serviceaccounts", "ServiceAccount", True, []),
+    ("v1/configmaps", "ConfigMap", True, []),
+    ("apps/v1/deployments", "Deployment", True, ["status", "scale"]),
+    ("rbac.authorization.k8s.io/v1/clusterroles", "ClusterRole", False, []),
+    ("rbac.authorization.k8s.io/v1/clusterrolebindings", "ClusterRoleBinding", False, []),
+    ("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", False, []),  # as its CRD: no /status
+    ("monitoring.coreos.com/v1/servicemonitors", "ServiceMonitor", True, []),
+    ("monitoring.coreos.com/v1/podmonitors", "PodMonitor", True, []),
+    ("monitoring.coreos.com/v1/prometheusrules", "PrometheusRule", True, []),
 ]
 _VERBS = ["create", "delete", "get", "list", "patch", "watch"]
 
@@ -175,7 +213,7 @@ _VERBS = ["create", "delete", "get", "list", "patch", "watch"]
 class ApiServer:
     """The emulator on a loopback port, served from its own thread and event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, install_crd: bool = True) -> None:
         self.crd = yaml.safe_load(CRD_PATH.read_text())
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -188,7 +226,8 @@ class ApiServer:
         if not self._ready.wait(30):
             raise RuntimeError(f"kmock did not start: {self._error!r}")
         self.api = Api(self.url)
-        self.api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", self.crd)
+        if install_crd:  # else Helm installs it from the chart
+            self.api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", self.crd)
 
     def _run(self) -> None:
         try:
@@ -233,7 +272,8 @@ class ApiServer:
 
         asyncio.run_coroutine_threadsafe(purge(), self._loop).result(10)
 
-    def write_kubeconfig(self, path: Path) -> Path:
+    def write_kubeconfig(self, path: Path, token: str = "operator") -> Path:
+        """A kubeconfig for this server; requests are recorded under the token."""
         path.write_text(
             yaml.safe_dump(
                 {
@@ -242,11 +282,16 @@ class ApiServer:
                     "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
                     "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "t"}}],
                     "current-context": "kmock",
-                    "users": [{"name": "t", "user": {"token": "test"}}],
+                    "users": [{"name": "t", "user": {"token": token}}],
                 }
             )
         )
         return path
+
+    def verbs(self, who: str) -> set[tuple[str, str, str]]:
+        """(api group, resource, RBAC verb) of every request made by `who` (a token)."""
+        assert self._emulator is not None
+        return set(self._emulator.verbs_by_who.get(who, set()))
 
     def close(self) -> None:
         if self._loop is not None and self._stop is not None:
@@ -754,25 +799,30 @@ def _is_ready(pod: dict[str, Any]) -> bool:
 
 
 class OperatorProcess:
-    def __init__(self, server: ApiServer, nodes: Nodes, base_dir: Path) -> None:
+    COMMAND = ("kopf", "run", "-m", "tinyraft_operator", "--all-namespaces", "--log-format=json")
+
+    def __init__(self, server: ApiServer, nodes: Nodes, base_dir: Path,
+                 name: str = "operator") -> None:  # fmt: skip
         self.server = server
         self.nodes = nodes
         self.base_dir = base_dir
-        self.kubeconfig = server.write_kubeconfig(base_dir / "kubeconfig")
+        self.kubeconfig = server.write_kubeconfig(base_dir / f"{name}.kubeconfig")
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
-        self.log = base_dir / "operator.log"
+        self.log = base_dir / f"{name}.log"
         self.starts = 0
 
-    def start(self, **env: str) -> None:
+    def start(self, command: tuple[str, ...] | list[str] = COMMAND, **env: str) -> None:
+        """Run `command` (a kopf command line, as a Deployment would) against the emulator;
+        env adds to or overrides the test settings."""
         assert self.proc is None or self.proc.poll() is not None
+        assert command[0] == "kopf", command
         self.metrics_port = free_port()
         self.starts += 1
         with self.log.open("ab") as out:
-            out.write(f"\n===== operator start #{self.starts} {env}\n".encode())
+            out.write(f"\n===== operator start #{self.starts} {command} {env}\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "-m", "tinyraft_operator",
-                 "--all-namespaces", "--log-format=json"],
+                [sys.executable, "-m", *command],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={
@@ -946,8 +996,8 @@ class K8sEnv:
 
 
 @contextlib.contextmanager
-def k8s_env(base_dir: Path) -> Any:
-    server = ApiServer()
+def k8s_env(base_dir: Path, install_crd: bool = True) -> Any:
+    server = ApiServer(install_crd)
     nodes = Nodes(server.api, base_dir)
     operator = OperatorProcess(server, nodes, base_dir)
     try:

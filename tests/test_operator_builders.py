@@ -174,7 +174,14 @@ def test_sidecar_identity_and_probes() -> None:
     assert c["readinessProbe"]["grpc"] == {"port": 7000, "service": "tinyraft.ready"}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert {p["containerPort"] for p in c["ports"]} == {7000, 9100}
-    assert c["volumeMounts"] == [{"name": "data", "mountPath": builders.DATA_MOUNT}]
+    # the root filesystem is read-only: temporary files (SQLite's too) go to an emptyDir
+    assert c["volumeMounts"] == [
+        {"name": "data", "mountPath": builders.DATA_MOUNT},
+        {"name": builders.TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+    assert {"name": builders.TMP_VOLUME, "emptyDir": {}} in sts["spec"]["template"]["spec"][
+        "volumes"
+    ]
 
 
 def test_tls_and_tuning_reach_the_sidecar() -> None:

@@ -1,4 +1,4 @@
-"""The RaftCluster CRD (operator/crds/raftcluster.yaml): a valid Kubernetes object whose
+"""The RaftCluster CRD (charts/tinyraft-operator/crds/raftcluster.yaml): a valid Kubernetes object whose
 OpenAPI schema (checked with jsonschema) and CEL rules (evaluated with cel-python, as
 the API server would, with `oldSelf` on updates) accept good specs and reject bad ones
 with clear messages."""
@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 CRD = yaml.safe_load(
-    (Path(__file__).resolve().parent.parent / "operator/crds/raftcluster.yaml").read_text()
+    (
+        Path(__file__).resolve().parent.parent / "charts/tinyraft-operator/crds/raftcluster.yaml"
+    ).read_text()
 )
 VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]

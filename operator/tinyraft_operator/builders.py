@@ -24,6 +24,9 @@ HASH_ANNOTATION = "tinyraft.dev/template-hash"
 DATA_VOLUME = "data"
 DATA_MOUNT = "/var/lib/tinyraft"
 TLS_VOLUME = "tinyraft-tls"
+TMP_VOLUME = (
+    "tinyraft-tmp"  # the root filesystem is read-only: SQLite and Python temp files go here
+)
 TLS_MOUNT = "/etc/tinyraft/tls"
 READY_SERVICE = "tinyraft.ready"  # the sidecar's readiness health service
 NON_ROOT_UID = 65532
@@ -187,7 +190,10 @@ def _probes(spec: ClusterSpec) -> dict[str, Any]:
 
 
 def sidecar_container(spec: ClusterSpec, settings: Settings) -> dict[str, Any]:
-    mounts: list[dict[str, Any]] = [{"name": DATA_VOLUME, "mountPath": DATA_MOUNT}]
+    mounts: list[dict[str, Any]] = [
+        {"name": DATA_VOLUME, "mountPath": DATA_MOUNT},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
     if spec.tls_secret:
         mounts.append({"name": TLS_VOLUME, "mountPath": TLS_MOUNT, "readOnly": True})
     container: dict[str, Any] = {
@@ -227,11 +233,9 @@ def _pod_template(spec: ClusterSpec, settings: Settings) -> dict[str, Any]:
     }
     pod = template.setdefault("spec", {})
     pod["containers"] = [*pod.get("containers", []), sidecar_container(spec, settings)]
+    pod["volumes"] = [*(pod.get("volumes") or []), {"name": TMP_VOLUME, "emptyDir": {}}]
     if spec.tls_secret:
-        pod["volumes"] = [
-            *(pod.get("volumes") or []),
-            {"name": TLS_VOLUME, "secret": {"secretName": spec.tls_secret}},
-        ]
+        pod["volumes"].append({"name": TLS_VOLUME, "secret": {"secretName": spec.tls_secret}})
     security = pod.setdefault("securityContext", {})
     for key, value in (
         ("runAsNonRoot", True),

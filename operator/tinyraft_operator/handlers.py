@@ -7,6 +7,7 @@ talks to the sidecars, so it cannot hang on a broken cluster."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -45,8 +46,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # (The operator's events -- membership changes, refusals -- are posted explicitly.)
     settings.posting.level = logging.WARNING
     if SETTINGS.peering:
+        # Several replicas: kopf pauses every replica that sees a live peer of a higher
+        # priority, and pauses *all* of them on a tie; a random priority per process
+        # makes exactly one active (ties are a 1-in-2^31 chance). Mandatory: without
+        # the ClusterKopfPeering object the replicas would all run, so refuse to start.
         settings.peering.name = SETTINGS.peering
         settings.peering.standalone = False
+        settings.peering.mandatory = True
+        settings.peering.priority = random.randint(1, 2**31 - 1)
     else:
         settings.peering.standalone = True
     settings.watching.server_timeout = 300
