@@ -6,7 +6,8 @@
 # Runs `python -m kopf run -m tinyraft_operator --all-namespaces`, as the tests start it
 # (tests/k8s_fixture.py), with kopf's liveness endpoint on 8080 and the operator's
 # Prometheus metrics on 9200 (TINYRAFT_OPERATOR_METRICS_ADDR). Kubernetes `args`
-# replace the default arguments (e.g. `--namespace=NS` instead of `--all-namespaces`).
+# replace the default arguments: the Helm chart's Deployment gives its own (kopf's
+# options) and keeps this entry point (tests/test_chart.py runs the two together).
 #
 # Base: pinned to an exact tag, the same in all three images. Its digest could not be
 # resolved where this file was written: pin it as well when you can

@@ -799,7 +799,8 @@ def _is_ready(pod: dict[str, Any]) -> bool:
 
 
 class OperatorProcess:
-    COMMAND = ("kopf", "run", "-m", "tinyraft_operator", "--all-namespaces", "--log-format=json")
+    ARGV = ("python", "-m", "kopf", "run", "-m", "tinyraft_operator", "--all-namespaces",
+            "--log-format=json")  # fmt: skip
 
     def __init__(self, server: ApiServer, nodes: Nodes, base_dir: Path,
                  name: str = "operator") -> None:  # fmt: skip
@@ -812,17 +813,18 @@ class OperatorProcess:
         self.log = base_dir / f"{name}.log"
         self.starts = 0
 
-    def start(self, command: tuple[str, ...] | list[str] = COMMAND, **env: str) -> None:
-        """Run `command` (a kopf command line, as a Deployment would) against the emulator;
-        env adds to or overrides the test settings."""
+    def start(self, argv: tuple[str, ...] | list[str] = ARGV, **env: str) -> None:
+        """Run `argv` (`python -m kopf run ...`, as an image and a Deployment would)
+        against the emulator, with this interpreter; env adds to or overrides the test
+        settings."""
         assert self.proc is None or self.proc.poll() is not None
-        assert command[0] == "kopf", command
+        assert argv[0] == "python", argv
         self.metrics_port = free_port()
         self.starts += 1
         with self.log.open("ab") as out:
-            out.write(f"\n===== operator start #{self.starts} {command} {env}\n".encode())
+            out.write(f"\n===== operator start #{self.starts} {argv} {env}\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", *command],
+                [sys.executable, *argv[1:]],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={

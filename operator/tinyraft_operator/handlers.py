@@ -48,8 +48,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if SETTINGS.peering:
         # Several replicas: kopf pauses every replica that sees a live peer of a higher
         # priority, and pauses *all* of them on a tie; a random priority per process
-        # makes exactly one active (ties are a 1-in-2^31 chance). Mandatory: without
-        # the ClusterKopfPeering object the replicas would all run, so refuse to start.
+        # makes exactly one active (ties are a 1-in-2^31 chance). Without its
+        # ClusterKopfPeering object kopf would pause for ever, silently:
+        # peering_exists() below refuses to start instead.
         settings.peering.name = SETTINGS.peering
         settings.peering.standalone = False
         settings.peering.mandatory = True
@@ -64,6 +65,25 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         SETTINGS.interval_s,
         SETTINGS.metrics_addr or "(off)",
     )
+
+
+@kopf.on.startup()
+async def peering_exists(**_: Any) -> None:
+    if not SETTINGS.peering:
+        return
+    url = f"/apis/kopf.dev/v1/clusterkopfpeerings/{SETTINGS.peering}"
+    try:
+        found = await runtime().kube.get(url)
+    except KubeError as err:
+        found, why = None, f" ({err})"
+    else:
+        why = ""
+    if found is None:
+        raise kopf.PermanentError(
+            f"TINYRAFT_OPERATOR_PEERING={SETTINGS.peering}: no ClusterKopfPeering of that "
+            f"name{why}; create it (the Helm chart does when replicaCount > 1) or unset "
+            "the variable to run a single standalone operator"
+        )
 
 
 @kopf.on.cleanup()
