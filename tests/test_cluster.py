@@ -218,6 +218,33 @@ def test_health_reflection_and_metrics_are_served(make_cluster):
         assert name in text, f"{name} missing from /metrics"
 
 
+def test_only_the_current_leader_exports_follower_lag(make_cluster):
+    """A former leader must not keep reporting lag (an alert on it would never clear)."""
+    import urllib.request
+
+    from tinyraft.v1 import admin_pb2, admin_pb2_grpc
+
+    cluster = make_cluster(3)
+
+    def lag_series(member: str) -> list[str]:
+        port = cluster.members[member].metrics_port
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        return [
+            line for line in page.decode().splitlines()
+            if line.startswith("tinyraft_network_peer_lag_entries{")
+        ]  # fmt: skip
+
+    old = cluster.wait_for(cluster.leader, 10, "a leader")
+    cluster.wait_for(lambda: len(lag_series(old)) == 2, 10, "the leader to export lag")
+    target = next(m for m in cluster.members if m != old)
+    admin_pb2_grpc.AdminStub(cluster.channel(old)).TransferLeadership(
+        admin_pb2.TransferLeadershipRequest(member_id=target), timeout=10
+    )
+    cluster.wait_for(lambda: cluster.leader() == target, 10, f"{target} to lead")
+    cluster.wait_for(lambda: not lag_series(old), 10, "the former leader to drop its lag")
+    cluster.wait_for(lambda: len(lag_series(target)) == 2, 10, "the new leader's lag")
+
+
 def test_a_member_restarts_after_snapshots_with_its_peers_addresses(make_cluster):
     cluster = make_cluster(3, env={"RAFT_SNAPSHOT_ENTRIES": "20"})
     with BlockingCaller(cluster.addresses()) as caller:

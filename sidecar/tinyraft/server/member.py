@@ -253,6 +253,9 @@ class Member:
         m.members.labels("voter").set(len(core.config.voters))
         m.members.labels("learner").set(len(core.config.learners))
         m.proposals_pending.set(self._pending_count)
+        # Only the leader knows the lag; a former leader's figures would stay frozen
+        # (and keep alerts firing), and a removed peer's would linger: start afresh.
+        m.peer_lag.clear()
         if core.role is Role.LEADER:
             for peer, pr in core.progress.items():
                 if peer != self.id:
