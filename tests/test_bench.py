@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def bench(*args: str) -> dict[str, object]:
     run = subprocess.run(
@@ -27,10 +29,19 @@ def test_bench_reports_writes_and_mixed_reads():
     assert result["commits_per_s"] > 0 and result["reads_per_s"] > 0
 
 
-def test_bench_rejects_bad_flags():
+def test_bench_open_loop_rate():
+    result = bench("--concurrency", "8", "--rate", "50")
+    assert result["target_rate"] == 50.0 and result["errors"] == 0
+    assert result["commits_per_s"] > 0 and result["unsent"] == 0
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--reads", "2"), ("--rate", "0"), ("--rate", "-5"), ("--rate", "fast")]
+)
+def test_bench_rejects_bad_flags(flag, value):
     run = subprocess.run(
-        [sys.executable, "-m", "tinyraft.cli", "bench", "--reads", "2"],
+        [sys.executable, "-m", "tinyraft.cli", "bench", flag, value],
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 2 and "--reads" in run.stderr
+    assert run.returncode == 2 and flag in run.stderr

@@ -2,17 +2,28 @@
 
 The cluster is the same machinery as `tinyraft local` (real sidecar and kv Module
 processes, real fsync unless --no-fsync). Load comes from asyncio Callers in this
-process: `concurrency` workers, each with one command or query in flight at a time."""
+process: `concurrency` workers, each with one command or query in flight at a time.
+
+Closed loop by default: each worker sends its next call as soon as the last returns.
+With `rate` (--rate), open loop: calls are scheduled at `rate` per second across all
+workers, whatever the cluster does, and each latency is measured from the call's
+scheduled send time, so time spent queued behind a slow call counts (no coordinated
+omission). `concurrency` then caps the calls in flight; calls the workers could not
+send by the end of the run plus a grace period count in the percentiles as at least
+as late as that ("unsent")."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +46,7 @@ class BenchConfig:
     fsync: bool = True
     keys: int = 1000
     warmup: float = 1.0
+    rate: float | None = None  # open loop: commands/s across all workers; None: closed loop
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -42,6 +54,7 @@ class BenchConfig:
 class _Tally:
     writes: list[float] = field(default_factory=list)
     reads: list[float] = field(default_factory=list)
+    unsent: list[float] = field(default_factory=list)  # lower bounds, open loop only
     errors: int = 0
 
 
@@ -68,11 +81,30 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
     start = time.monotonic()
     measure_from = start + cfg.warmup
     end = measure_from + cfg.seconds
+    slots = itertools.count()  # open loop: call i is due at start + i / rate
+    give_up = end + max(2.0, cfg.seconds / 2)  # open loop: calls not sent by then are unsent
+    abandoned: list[float] = []
+
+    async def next_send_time() -> float | None:
+        """When the worker's next call counts as sent; None when the run is over."""
+        if cfg.rate is None:
+            now = time.monotonic()
+            return now if now < end else None
+        while True:
+            due = start + next(slots) / cfg.rate
+            if due >= end:
+                return None
+            now = time.monotonic()
+            if now < give_up:
+                if due > now:
+                    await asyncio.sleep(due - now)
+                return due
+            abandoned.append(due)
 
     async def worker(n: int) -> None:
         caller = callers[n % len(callers)]
         local = random.Random(n)
-        while (now := time.monotonic()) < end:
+        while (now := await next_send_time()) is not None:
             k = local.randrange(cfg.keys)
             read = local.random() < cfg.reads
             try:
@@ -99,20 +131,24 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
     await asyncio.gather(*tasks)
     for caller in callers:
         await caller.close()
-    writes, reads = sorted(tally.writes), sorted(tally.reads)
+    tally.unsent = [give_up - due for due in abandoned if due >= measure_from]
+    writes, reads = sorted(tally.writes + tally.unsent), sorted(tally.reads)
     latencies = sorted(writes + reads) if cfg.reads else writes
     result: dict[str, object] = {
         "members": cfg.members,
         "concurrency": cfg.concurrency,
+        "target_rate": cfg.rate,
         "size_bytes": cfg.size,
         "seconds": cfg.seconds,
-        "commits_per_s": round(len(writes) / cfg.seconds, 1),
+        "commits_per_s": round(len(tally.writes) / cfg.seconds, 1),
         "p50_ms": round(_percentile(latencies, 0.5) * 1000, 3),
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
         "p999_ms": round(_percentile(latencies, 0.999) * 1000, 3),
         "errors": tally.errors,
         "durable": cfg.fsync,
     }
+    if cfg.rate is not None:
+        result["unsent"] = len(tally.unsent)
     if cfg.reads:
         result["reads_per_s"] = round(len(reads) / cfg.seconds, 1)
         result["consistency"] = cfg.consistency
@@ -121,9 +157,12 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
     return result
 
 
-def run(
-    cfg: BenchConfig, base: Path | None = None, show_progress: bool = False
-) -> dict[str, object]:
+@contextmanager
+def bench_cluster(
+    cfg: BenchConfig, base: Path | None = None
+) -> Iterator[tuple[LocalCluster, list[str]]]:
+    """The cluster `tinyraft bench` drives, formed; yields it and the addresses to call,
+    the leader's first (callers start where writes are served). Used by benchmarks/."""
     env = {"RAFT_FSYNC": "true" if cfg.fsync else "false", "LOG_LEVEL": "warning", **cfg.env}
     with (
         tempfile.TemporaryDirectory(prefix="tinyraft-bench-") as tmp,
@@ -132,10 +171,16 @@ def run(
         cluster.form(cfg.members)
         leader = cluster.leader()
         assert leader is not None
-        # The leader first: callers start where writes are served.
         addresses = [cluster.members[leader].address] + [
             m.address for m in cluster.members.values() if m.id != leader
         ]
+        yield cluster, addresses
+
+
+def run(
+    cfg: BenchConfig, base: Path | None = None, show_progress: bool = False
+) -> dict[str, object]:
+    with bench_cluster(cfg, base) as (_, addresses):
         return asyncio.run(drive(addresses, cfg, show_progress))
 
 

@@ -4,6 +4,7 @@ only parses arguments and dispatches."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -57,6 +58,18 @@ def _seconds(text: str) -> float:
         value = 0.0
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of calls per second > 0 (e.g. 500), not {text!r}"
+        )
     return value
 
 
@@ -239,6 +252,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=_seconds, default=10.0, help="measured duration")
     bench.add_argument("--reads", type=_fraction, default=0.0, help="fraction of queries, 0..1")
     bench.add_argument(
+        "--rate",
+        type=_rate,
+        metavar="PER_S",
+        help="open loop: send this many calls per second across all workers, on a schedule, "
+        "and measure latency from each scheduled send time (queueing counts); "
+        "--concurrency caps the calls in flight (default: closed loop, as fast as answered)",
+    )
+    bench.add_argument(
         "--consistency", choices=["linearizable", "lease", "stale"], default="linearizable"
     )
     bench.add_argument("--no-fsync", action="store_true", help="unsafe: skip fsync (to compare)")
@@ -334,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 size=args.size,
                 seconds=args.seconds,
                 reads=args.reads,
+                rate=args.rate,
                 consistency=args.consistency,
                 fsync=not args.no_fsync,
             ),
