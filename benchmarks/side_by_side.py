@@ -28,7 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    # peak throughput: one Caller batching many concurrent calls (tinyraft bench --callers)
+    parser.add_argument("--concurrency", type=int, default=4096)
     args = parser.parse_args()
     ours, theirs = [], []
     for n in range(args.rounds):

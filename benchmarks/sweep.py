@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
-DEFAULT_CONCURRENCY = "1,2,4,8,16,32,64,128"
+DEFAULT_CONCURRENCY = "1,4,16,64,256,1024,4096"
 
 
 def _concurrency_list(text: str) -> list[int]:

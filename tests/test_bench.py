@@ -29,14 +29,16 @@ def test_bench_reports_writes_and_mixed_reads():
     assert result["commits_per_s"] > 0 and result["reads_per_s"] > 0
 
 
-def test_bench_open_loop_rate():
-    result = bench("--concurrency", "8", "--rate", "50")
+def test_bench_open_loop_rate_through_several_callers():
+    result = bench("--concurrency", "8", "--rate", "50", "--callers", "4")
+    assert result["callers"] == 4
     assert result["target_rate"] == 50.0 and result["errors"] == 0
     assert result["commits_per_s"] > 0 and result["unsent"] == 0
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--reads", "2"), ("--rate", "0"), ("--rate", "-5"), ("--rate", "fast")]
+    "flag, value",
+    [("--reads", "2"), ("--rate", "0"), ("--rate", "-5"), ("--rate", "fast"), ("--callers", "0")],
 )
 def test_bench_rejects_bad_flags(flag, value):
     run = subprocess.run(

@@ -32,8 +32,6 @@ from rich.progress import Progress
 from tinyraft.caller import Caller, ConsistencyName
 from tinyraft.local import LocalCluster
 
-WORKERS_PER_CALLER = 16  # concurrent calls share a Caller, whose requests batch them
-
 
 @dataclass
 class BenchConfig:
@@ -47,6 +45,9 @@ class BenchConfig:
     keys: int = 1000
     warmup: float = 1.0
     rate: float | None = None  # open loop: commands/s across all workers; None: closed loop
+    # Callers the workers share (round-robin). One is an application with many
+    # concurrent requests: its Caller batches them. More model more client processes.
+    callers: int = 1
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -71,10 +72,7 @@ def _put(key: int, size: int) -> bytes:
 
 
 async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> dict[str, object]:
-    callers = [
-        Caller(addresses, timeout=10.0)
-        for _ in range(max(1, cfg.concurrency // WORKERS_PER_CALLER))
-    ]
+    callers = [Caller(addresses, timeout=10.0) for _ in range(min(cfg.callers, cfg.concurrency))]
     tally = _Tally()
     payloads = [_put(k, cfg.size) for k in range(cfg.keys)]
     queries = [json.dumps({"op": "get", "key": f"k{k}"}).encode() for k in range(cfg.keys)]
@@ -137,6 +135,7 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
     result: dict[str, object] = {
         "members": cfg.members,
         "concurrency": cfg.concurrency,
+        "callers": min(cfg.callers, cfg.concurrency),
         "target_rate": cfg.rate,
         "size_bytes": cfg.size,
         "seconds": cfg.seconds,

@@ -248,6 +248,13 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmark a local cluster through real Callers")
     bench.add_argument("--members", type=_positive, default=3)
     bench.add_argument("--concurrency", type=_positive, default=64, help="calls in flight")
+    bench.add_argument(
+        "--callers",
+        type=_positive,
+        default=1,
+        help="Callers the calls share, round-robin (default 1: one application whose Caller "
+        "batches its concurrent calls; more model more client processes)",
+    )
     bench.add_argument("--size", type=_positive, default=128, help="command size in bytes")
     bench.add_argument("--seconds", type=_seconds, default=10.0, help="measured duration")
     bench.add_argument("--reads", type=_fraction, default=0.0, help="fraction of queries, 0..1")
@@ -352,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             BenchConfig(
                 members=args.members,
                 concurrency=args.concurrency,
+                callers=args.callers,
                 size=args.size,
                 seconds=args.seconds,
                 reads=args.reads,
