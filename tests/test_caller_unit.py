@@ -450,3 +450,15 @@ async def test_mutual_tls(tmp_path):
         assert member.log == [b"x"]
     finally:
         await member.stop()
+
+
+def test_backoff_polls_quickly_for_a_new_leader_but_slowly_when_overloaded() -> None:
+    policy = RetryPolicy()
+    leader_lost = [policy.backoff(n) for n in range(1, 12)]
+    overloaded = [policy.backoff(n, overloaded=True) for n in range(1, 12)]
+    # a leader change is over in one or two election timeouts: never sleep long
+    assert max(leader_lost) <= policy.max_backoff <= 0.1
+    # an overloaded member is given room: the waits grow towards overload_backoff
+    assert policy.overload_backoff / 2 <= overloaded[-1] <= policy.overload_backoff
+    with pytest.raises(ValueError, match="max_backoff <= overload_backoff"):
+        RetryPolicy(max_backoff=3.0, overload_backoff=2.0)

@@ -105,26 +105,37 @@ class RetryPolicy:
     The n-th retry waits a random time between half and all of
     min(max_backoff, initial_backoff * multiplier**(n-1)) seconds ("equal jitter":
     clients that failed together do not retry together, and no retry is immediate).
-    A leader hint pointing somewhere new is followed at once."""
+    A leader hint pointing somewhere new is followed at once.
 
-    max_attempts: int = 20
+    max_backoff is short because the usual reason to retry is a leader change, over
+    in one or two election timeouts: a client polling slowly would notice the new
+    leader long after it was elected. A member that says it is overloaded
+    (RESOURCE_EXHAUSTED) is given up to overload_backoff instead."""
+
+    max_attempts: int = 300
     initial_backoff: float = 0.05
-    max_backoff: float = 2.0
+    max_backoff: float = 0.1
+    overload_backoff: float = 2.0
     multiplier: float = 2.0
     deadline: float = 30.0  # seconds for all attempts of one call together
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("RetryPolicy.max_attempts must be at least 1")
-        if not 0 < self.initial_backoff <= self.max_backoff or self.multiplier < 1:
+        if (
+            not 0 < self.initial_backoff <= self.max_backoff <= self.overload_backoff
+            or self.multiplier < 1
+        ):
             raise ValueError(
-                "RetryPolicy needs 0 < initial_backoff <= max_backoff and multiplier >= 1"
+                "RetryPolicy needs 0 < initial_backoff <= max_backoff <= overload_backoff "
+                "and multiplier >= 1"
             )
         if self.deadline <= 0:
             raise ValueError("RetryPolicy.deadline must be positive")
 
-    def backoff(self, retry: int) -> float:
-        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+    def backoff(self, retry: int, overloaded: bool = False) -> float:
+        cap = self.overload_backoff if overloaded else self.max_backoff
+        ceiling = min(cap, self.initial_backoff * self.multiplier ** (retry - 1))
         return random.uniform(ceiling / 2, ceiling)
 
 
@@ -385,6 +396,7 @@ class Caller:
                     raise _typed_error(name, target, err) from err
                 failures.append(f"{code.name} from {target}: {err.details()}")
                 redirected = self._route_after(target, code, _leader_hint(err))
+                overloaded = code == grpc.StatusCode.RESOURCE_EXHAUSTED
             remaining = deadline - loop.time()
             if attempt == self._retry.max_attempts or remaining <= 0:
                 break
@@ -392,7 +404,7 @@ class Caller:
             # disagree about the leader must not make a Caller spin.
             hurried = redirected and not hurried
             if not hurried:
-                await asyncio.sleep(min(self._retry.backoff(attempt), remaining))
+                await asyncio.sleep(min(self._retry.backoff(attempt, overloaded), remaining))
                 if deadline - loop.time() <= 0:
                     break
         raise Unavailable(
