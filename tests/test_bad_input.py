@@ -315,6 +315,22 @@ def test_empty_apply_request_is_refused(cluster: LocalCluster) -> None:
         assert "commands" in r.details, r
 
 
+def test_empty_query_batch_is_refused_and_a_bad_question_fails_alone(
+    cluster: LocalCluster,
+) -> None:
+    for member in cluster.members:
+        r = refused(
+            lambda m=member: caller_stub(cluster, m).QueryBatch(cpb.QueryBatchRequest(), timeout=5)
+        )
+        assert r.code == grpc.StatusCode.INVALID_ARGUMENT and "requests" in r.details, (member, r)
+    reply = caller_stub(cluster, leader_of(cluster)).QueryBatch(
+        cpb.QueryBatchRequest(requests=[get("k"), b"not json", get("k")]), timeout=10
+    )
+    first, bad, last = reply.results
+    assert not first.error and first.answer == last.answer
+    assert bad.error and not bad.answer  # the kv Module refused it; the others answered
+
+
 # -- nonsense admin calls --------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
         self.script: list[Action] = []  # one action per incoming Apply, in order
         self.log: list[bytes] = []  # payloads the state machine applied
         self.results: dict[tuple[int, int], bytes] = {}  # (client_id, sequence) -> result
-        self.queries: list[caller_pb2.QueryRequest] = []
+        self.queries: list[caller_pb2.QueryBatchRequest] = []
         self._server: grpc.aio.Server | None = None
 
     async def start(self, credentials: grpc.ServerCredentials | None = None) -> "FakeMember":
@@ -84,10 +84,17 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
             await self.script.pop(0)(self, request, context)
         return caller_pb2.ApplyResponse(results=self.apply_now(request))
 
-    async def Query(self, request, context):
+    async def QueryBatch(self, request, context):
         self.queries.append(request)
-        name = caller_pb2.Consistency.Name(request.consistency)
-        return caller_pb2.QueryResponse(answer=request.request + b"@" + name.encode())
+        name = caller_pb2.Consistency.Name(request.consistency).encode()
+        return caller_pb2.QueryBatchResponse(
+            results=[
+                caller_pb2.QueryResult(error="no such question")
+                if q == b"bad"
+                else caller_pb2.QueryResult(answer=q + b"@" + name)
+                for q in request.requests
+            ]
+        )
 
     async def Status(self, request, context):
         return caller_pb2.StatusResponse(
@@ -333,6 +340,22 @@ async def test_query_and_status():
             voters=("m1", "m2", "m3"),
             learners=(),
         )
+
+
+@async_test
+async def test_concurrent_queries_share_requests_and_keep_their_own_answers():
+    async with members(1) as (member,), Caller(member.address, retry=FAST) as caller:
+        questions = [f"q{i}".encode() for i in range(200)]
+        answers = await asyncio.gather(*(caller.query(q, "lease") for q in questions))
+        assert answers == [q + b"@CONSISTENCY_LEASE" for q in questions]
+        assert len(member.queries) < 20  # batched: not one request per query
+        assert {r.consistency for r in member.queries} == {caller_pb2.CONSISTENCY_LEASE}
+        # a question the Module refuses fails alone; the others in its request succeed
+        good, bad = await asyncio.gather(
+            caller.query(b"fine"), caller.query(b"bad"), return_exceptions=True
+        )
+        assert good == b"fine@CONSISTENCY_LINEARIZABLE"
+        assert isinstance(bad, InvalidArgument) and "no such question" in str(bad)
 
 
 @async_test

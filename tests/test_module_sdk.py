@@ -202,6 +202,52 @@ async def test_query_answers_and_its_errors_are_invalid_argument() -> None:
 
 
 @run_async
+async def test_query_batch_answers_each_question_and_refuses_only_the_bad_one() -> None:
+    async with serving(Journal()) as (stub, _):
+        await stub.Apply(batch(0, (1, b"a"), (2, b"b")), timeout=TIMEOUT)
+        reply = await stub.QueryBatch(
+            pb.ModuleQueryBatchRequest(requests=[b"len", b"what", b"len"], min_index=2),
+            timeout=TIMEOUT,
+        )
+        assert [(r.answer, r.error) for r in reply.results] == [
+            (b"2", ""),
+            (b"", "unknown query what"),
+            (b"2", ""),
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as behind:
+            await stub.QueryBatch(
+                pb.ModuleQueryBatchRequest(requests=[b"len"], min_index=3), timeout=TIMEOUT
+            )
+    assert behind.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@run_async
+async def test_the_sidecar_asks_one_by_one_a_module_without_query_batch() -> None:
+    """A Module written against the older contract (no QueryBatch) still answers."""
+    from tinyraft.server.module_client import ModuleClient
+
+    class OldModule(pb_grpc.ModuleServicer):  # QueryBatch left UNIMPLEMENTED
+        async def Query(self, request: Any, context: Any) -> pb.ModuleQueryResponse:
+            if request.request == b"what":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown query what")
+            return pb.ModuleQueryResponse(answer=b"answer to " + request.request)
+
+    server = grpc.aio.server()
+    pb_grpc.add_ModuleServicer_to_server(OldModule(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = ModuleClient(f"127.0.0.1:{port}")
+    try:
+        for _ in range(2):  # the second time, straight to Query
+            answers = await client.query_batch([b"a", b"what", b"b"], TIMEOUT, 0)
+            assert answers == [(b"answer to a", ""), (b"", "unknown query what"),
+                               (b"answer to b", "")]  # fmt: skip
+    finally:
+        await client.close()
+        await server.stop(None)
+
+
+@run_async
 async def test_grpc_health_reports_serving() -> None:
     async with serving(Journal()) as (_, channel):
         health = health_pb2_grpc.HealthStub(channel)

@@ -140,6 +140,9 @@ def attack_calls(cluster: LocalCluster, tag: str) -> dict[str, Callable[[grpc.Ch
         "Caller.Query": lambda ch: caller_pb2_grpc.CallerStub(ch).Query(
             cpb.QueryRequest(request=get("anything")), timeout=CALL_TIMEOUT
         ),
+        "Caller.QueryBatch": lambda ch: caller_pb2_grpc.CallerStub(ch).QueryBatch(
+            cpb.QueryBatchRequest(requests=[get("anything")]), timeout=CALL_TIMEOUT
+        ),
         "Caller.Status": lambda ch: caller_pb2_grpc.CallerStub(ch).Status(
             cpb.StatusRequest(), timeout=CALL_TIMEOUT
         ),

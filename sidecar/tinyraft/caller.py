@@ -219,48 +219,16 @@ class Caller:
         # Created on first use, so that they belong to the event loop that uses them.
         self._channels: dict[str, tuple[grpc.aio.Channel, caller_pb2_grpc.CallerStub]] = {}
         self._closed = False
-        # Concurrent apply() calls share requests: while MAX_IN_FLIGHT requests are out,
-        # new commands wait and leave together in the next one (batching is the design).
-        self._waiting: list[tuple[bytes, asyncio.Future[bytes]]] = []
-        self._in_flight = 0
-        self._flushes: set[asyncio.Task[None]] = set()
+        # Concurrent calls share requests (batching is the design): applies in one
+        # stream of ApplyRequests, queries in one stream per consistency.
+        self._applies = _Batcher(self._apply_request)
+        self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
 
     async def apply(self, command: bytes) -> bytes:
         """Apply one command; its result once committed and applied by the Module.
         Concurrent calls are batched into shared requests; each keeps its own result."""
         _check_command(command)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting.append((bytes(command), future))
-        self._flush_waiting()
-        return await future
-
-    def _flush_waiting(self) -> None:
-        while self._waiting and self._in_flight < MAX_IN_FLIGHT:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-            self._in_flight += 1
-            task = asyncio.create_task(self._send_batch(batch))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-
-    async def _send_batch(self, batch: list[tuple[bytes, asyncio.Future[bytes]]]) -> None:
-        try:
-            results = await self._apply_request([command for command, _ in batch])
-        except BaseException as err:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(err)
-            if not isinstance(err, Exception):
-                raise
-            return
-        finally:
-            self._in_flight -= 1
-            self._flush_waiting()
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                if isinstance(result, CommandError):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+        return await self._applies.submit(bytes(command))
 
     async def apply_many(self, commands: Sequence[bytes]) -> list[bytes]:
         """Apply commands in order as one log entry; one result per command.
@@ -329,10 +297,35 @@ class Caller:
             raise ValueError(
                 f"consistency must be 'linearizable', 'lease' or 'stale', not {consistency!r}"
             )
-        message = caller_pb2.QueryRequest(request=request, consistency=_CONSISTENCY[consistency])
-        response = await self._call("Query", lambda stub: stub.Query, message)
-        answer: bytes = response.answer
-        return answer
+        level = _CONSISTENCY[consistency]
+        batcher = self._queries.get(level)
+        if batcher is None:
+            batcher = self._queries[level] = _Batcher(
+                lambda requests: self._query_request(requests, level)
+            )
+        return await batcher.submit(bytes(request))
+
+    async def _query_request(
+        self, requests: Sequence[bytes], level: caller_pb2.Consistency
+    ) -> list[bytes | TinyraftError]:
+        """One QueryBatchRequest: every answer from the same state."""
+        message = caller_pb2.QueryBatchRequest(requests=requests, consistency=level)
+        response = await self._call("Query", lambda stub: stub.QueryBatch, message)
+        if len(response.results) != len(requests):
+            raise TinyraftError(
+                f"the cluster answered {len(response.results)} results for {len(requests)} "
+                "queries; the member runs an incompatible tinyraft version"
+            )
+        return [
+            InvalidArgument(
+                f"Query rejected: the Module refused the query: {r.error}; fix the request: "
+                "retrying it will not help",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+            if r.error
+            else r.answer
+            for r in response.results
+        ]
 
     async def status(self) -> Status:
         """The status of whichever member answers."""
@@ -441,6 +434,54 @@ class Caller:
                 channel = grpc.aio.secure_channel(target, self._credentials, options=options)
             entry = self._channels[target] = (channel, _new_stub(channel))
         return entry[1]
+
+
+class _Batcher:
+    """Concurrent calls share requests: while MAX_IN_FLIGHT requests are out, new items
+    wait and leave together in the next one (up to MAX_BATCH). `send` answers one
+    request with a result or an exception per item, in order."""
+
+    def __init__(
+        self, send: Callable[[list[bytes]], Awaitable[Sequence[bytes | Exception]]]
+    ) -> None:
+        self._send = send
+        self._waiting: list[tuple[bytes, asyncio.Future[bytes]]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: bytes) -> bytes:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        self._flush()
+        return await future
+
+    def _flush(self) -> None:
+        while self._waiting and self._in_flight < MAX_IN_FLIGHT:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            self._in_flight += 1
+            task = asyncio.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[bytes, asyncio.Future[bytes]]]) -> None:
+        try:
+            results = await self._send([item for item, _ in batch])
+        except BaseException as err:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
+            return
+        finally:
+            self._in_flight -= 1
+            self._flush()
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
 
 class BlockingCaller:

@@ -185,18 +185,32 @@ class ModuleServicer(pb_grpc.ModuleServicer):
             self.applied_index = request.last_index
             return pb.ApplyBatchResponse(results=results)
 
-    async def Query(self, request: Any, context: Any) -> pb.ModuleQueryResponse:
-        if self.applied_index < request.min_index:
+    async def _check_min_index(self, min_index: int, context: Any) -> None:
+        if self.applied_index < min_index:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"the Module has applied index {self.applied_index}, the query needs "
-                f"{request.min_index}: it restarted and must be restored first",
+                f"{min_index}: it restarted and must be restored first",
             )
+
+    async def Query(self, request: Any, context: Any) -> pb.ModuleQueryResponse:
+        await self._check_min_index(request.min_index, context)
         try:
             return pb.ModuleQueryResponse(answer=self.module.query(request.request))
         except Exception as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc) or type(exc).__name__)
             raise  # unreachable: abort raises
+
+    async def QueryBatch(self, request: Any, context: Any) -> pb.ModuleQueryBatchResponse:
+        await self._check_min_index(request.min_index, context)
+        query = self.module.query
+        results = []
+        for question in request.requests:
+            try:
+                results.append(pb.ModuleQueryResult(answer=query(question)))
+            except Exception as exc:  # this question only: the others still get answers
+                results.append(pb.ModuleQueryResult(error=str(exc) or type(exc).__name__))
+        return pb.ModuleQueryBatchResponse(results=results)
 
     async def Snapshot(self, request: Any, context: Any) -> None:
         # context.write rather than an async generator: if the reader goes away, the

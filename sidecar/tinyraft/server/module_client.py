@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
@@ -31,6 +32,7 @@ class ModuleClient:
             ],
         )
         self.stub = module_pb2_grpc.ModuleStub(self.channel)
+        self._batch_queries = True  # until the Module answers QueryBatch UNIMPLEMENTED
 
     async def info(self, timeout: float = 2.0) -> mpb.InfoResponse:
         try:
@@ -70,6 +72,42 @@ class ModuleClient:
                 raise ModuleOutOfSync(err.details() or "") from err
             raise
         return bytes(reply.answer)
+
+    async def query_batch(
+        self, requests: list[bytes], timeout: float, min_index: int
+    ) -> list[tuple[bytes, str]]:
+        """(answer, error) per request, from one state. Raises ModuleOutOfSync like
+        query(); a Module without QueryBatch is asked each question with Query."""
+        if self._batch_queries:
+            try:
+                reply = await self.stub.QueryBatch(
+                    mpb.ModuleQueryBatchRequest(requests=requests, min_index=min_index),
+                    timeout=timeout,
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise ModuleOutOfSync(err.details() or "") from err
+                if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._batch_queries = False
+            else:
+                if len(reply.results) != len(requests):
+                    raise ModuleUnavailable(
+                        f"the Module at {self.address} returned {len(reply.results)} answers "
+                        f"for {len(requests)} questions; it must return exactly one per question"
+                    )
+                return [(bytes(r.answer), r.error) for r in reply.results]
+        return list(
+            await asyncio.gather(*(self._query_one(r, timeout, min_index) for r in requests))
+        )
+
+    async def _query_one(self, request: bytes, timeout: float, min_index: int) -> tuple[bytes, str]:
+        try:
+            return await self.query(request, timeout, min_index), ""
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            return b"", err.details() or "refused"
 
     async def snapshot(self) -> AsyncIterator[tuple[int, bytes]]:
         """(index of the state, chunk) pairs; the index comes with the first chunk."""

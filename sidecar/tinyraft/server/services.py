@@ -143,16 +143,44 @@ class CallerService(caller_pb2_grpc.CallerServicer):
     async def Query(
         self, request: cpb.QueryRequest, context: grpc.aio.ServicerContext
     ) -> cpb.QueryResponse:
+        applied, [(answer, error)] = await self._read(
+            [request.request], request.consistency, context
+        )
+        if error:
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"the Module refused the query: {error}"
+            )
+        return cpb.QueryResponse(answer=answer, applied_index=applied)
+
+    async def QueryBatch(
+        self, request: cpb.QueryBatchRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.QueryBatchResponse:
+        if not request.requests:
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "requests: at least one is required"
+            )
+        applied, answers = await self._read(list(request.requests), request.consistency, context)
+        return cpb.QueryBatchResponse(
+            results=[cpb.QueryResult(answer=a, error=e) for a, e in answers],
+            applied_index=applied,
+        )
+
+    async def _read(
+        self, requests: list[bytes], consistency: int, context: grpc.aio.ServicerContext
+    ) -> tuple[int, list[tuple[bytes, str]]]:
+        """Answers from one state at least as new as the consistency asks: one ReadIndex
+        round and one Module call, however many questions."""
         m = self.m
         if not m.started:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "this member is starting; retry")
         timeout = context.time_remaining() or QUERY_TIMEOUT_S
         try:
-            if request.consistency != cpb.CONSISTENCY_STALE:
-                lease = request.consistency == cpb.CONSISTENCY_LEASE
+            if consistency != cpb.CONSISTENCY_STALE:
+                lease = consistency == cpb.CONSISTENCY_LEASE
                 index = await m.read_index(lease, timeout)
                 await asyncio.wait_for(m.applier.wait_applied(index), timeout)
-            answer = await m.module.query(request.request, timeout, m.applier.applied)
+            applied = m.applier.applied
+            return applied, await m.module.query_batch(requests, timeout, applied)
         except TimeoutError:
             await _abort(
                 context, grpc.StatusCode.DEADLINE_EXCEEDED, "the read did not complete in time"
@@ -165,15 +193,11 @@ class CallerService(caller_pb2_grpc.CallerServicer):
                 "this member's Module restarted and is being restored; retry",
             )
         except grpc.aio.AioRpcError as err:
-            code = err.code()
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                await _abort(context, code, f"the Module refused the query: {err.details()}")
             await _abort(
                 context, grpc.StatusCode.UNAVAILABLE, f"the Module is unavailable: {err.details()}"
             )
         except Exception as err:
             await _fail(context, err)
-        return cpb.QueryResponse(answer=answer, applied_index=m.applier.applied)
 
     async def Status(
         self, request: cpb.StatusRequest, context: grpc.aio.ServicerContext

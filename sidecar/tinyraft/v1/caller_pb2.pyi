@@ -66,6 +66,30 @@ class QueryResponse(_message.Message):
     applied_index: int
     def __init__(self, answer: _Optional[bytes] = ..., applied_index: _Optional[int] = ...) -> None: ...
 
+class QueryBatchRequest(_message.Message):
+    __slots__ = ("requests", "consistency")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedScalarFieldContainer[bytes]
+    consistency: Consistency
+    def __init__(self, requests: _Optional[_Iterable[bytes]] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+
+class QueryResult(_message.Message):
+    __slots__ = ("answer", "error")
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    answer: bytes
+    error: str
+    def __init__(self, answer: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
+
+class QueryBatchResponse(_message.Message):
+    __slots__ = ("results", "applied_index")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[QueryResult]
+    applied_index: int
+    def __init__(self, results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ..., applied_index: _Optional[int] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -49,6 +49,11 @@ class CallerStub:
                 request_serializer=tinyraft_dot_v1_dot_caller__pb2.QueryRequest.SerializeToString,
                 response_deserializer=tinyraft_dot_v1_dot_caller__pb2.QueryResponse.FromString,
                 _registered_method=True)
+        self.QueryBatch = channel.unary_unary(
+                '/tinyraft.v1.Caller/QueryBatch',
+                request_serializer=tinyraft_dot_v1_dot_caller__pb2.QueryBatchRequest.SerializeToString,
+                response_deserializer=tinyraft_dot_v1_dot_caller__pb2.QueryBatchResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/tinyraft.v1.Caller/Status',
                 request_serializer=tinyraft_dot_v1_dot_caller__pb2.StatusRequest.SerializeToString,
@@ -76,6 +81,12 @@ class CallerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -94,6 +105,11 @@ def add_CallerServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=tinyraft_dot_v1_dot_caller__pb2.QueryRequest.FromString,
                     response_serializer=tinyraft_dot_v1_dot_caller__pb2.QueryResponse.SerializeToString,
+            ),
+            'QueryBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryBatch,
+                    request_deserializer=tinyraft_dot_v1_dot_caller__pb2.QueryBatchRequest.FromString,
+                    response_serializer=tinyraft_dot_v1_dot_caller__pb2.QueryBatchResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -160,6 +176,33 @@ class Caller:
             '/tinyraft.v1.Caller/Query',
             tinyraft_dot_v1_dot_caller__pb2.QueryRequest.SerializeToString,
             tinyraft_dot_v1_dot_caller__pb2.QueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tinyraft.v1.Caller/QueryBatch',
+            tinyraft_dot_v1_dot_caller__pb2.QueryBatchRequest.SerializeToString,
+            tinyraft_dot_v1_dot_caller__pb2.QueryBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

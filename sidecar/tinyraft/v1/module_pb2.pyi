@@ -50,6 +50,28 @@ class ModuleQueryResponse(_message.Message):
     answer: bytes
     def __init__(self, answer: _Optional[bytes] = ...) -> None: ...
 
+class ModuleQueryBatchRequest(_message.Message):
+    __slots__ = ("requests", "min_index")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedScalarFieldContainer[bytes]
+    min_index: int
+    def __init__(self, requests: _Optional[_Iterable[bytes]] = ..., min_index: _Optional[int] = ...) -> None: ...
+
+class ModuleQueryResult(_message.Message):
+    __slots__ = ("answer", "error")
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    answer: bytes
+    error: str
+    def __init__(self, answer: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ModuleQueryBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ModuleQueryResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ModuleQueryResult, _Mapping]]] = ...) -> None: ...
+
 class ModuleSnapshotRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

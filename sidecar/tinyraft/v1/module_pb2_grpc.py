@@ -44,6 +44,11 @@ class ModuleStub:
                 request_serializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryRequest.SerializeToString,
                 response_deserializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryResponse.FromString,
                 _registered_method=True)
+        self.QueryBatch = channel.unary_unary(
+                '/tinyraft.v1.Module/QueryBatch',
+                request_serializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryBatchRequest.SerializeToString,
+                response_deserializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryBatchResponse.FromString,
+                _registered_method=True)
         self.Snapshot = channel.unary_stream(
                 '/tinyraft.v1.Module/Snapshot',
                 request_serializer=tinyraft_dot_v1_dot_module__pb2.ModuleSnapshotRequest.SerializeToString,
@@ -71,6 +76,12 @@ class ModuleServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Query(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +117,11 @@ def add_ModuleServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryRequest.FromString,
                     response_serializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryResponse.SerializeToString,
+            ),
+            'QueryBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryBatch,
+                    request_deserializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryBatchRequest.FromString,
+                    response_serializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryBatchResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_stream_rpc_method_handler(
                     servicer.Snapshot,
@@ -177,6 +193,33 @@ class Module:
             '/tinyraft.v1.Module/Query',
             tinyraft_dot_v1_dot_module__pb2.ModuleQueryRequest.SerializeToString,
             tinyraft_dot_v1_dot_module__pb2.ModuleQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tinyraft.v1.Module/QueryBatch',
+            tinyraft_dot_v1_dot_module__pb2.ModuleQueryBatchRequest.SerializeToString,
+            tinyraft_dot_v1_dot_module__pb2.ModuleQueryBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
