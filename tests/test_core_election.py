@@ -175,3 +175,23 @@ def test_a_single_voter_never_sends_a_term_it_has_not_persisted() -> None:
     c.run(2)
     assert c.applied("l") == c.applied("a")
     assert all(m.term <= c.members["a"].disk.hard_state.term for m in rd.messages_now)
+
+
+def test_unanswered_pre_votes_are_asked_again_within_two_ticks() -> None:
+    """The leader dies. The first follower to time out asks b, which heard from the
+    leader a tick later and still ignores pre-votes: the asker must not wait a whole
+    new timeout (up to 2E ticks) but ask again as soon as b's lease is over."""
+    c = elect()
+    c.crash("a")
+    c.raft("b").randomized_timeout = 2 * E - 1
+    c.raft("c").randomized_timeout = E
+    c.tick("c")  # b heard from the leader one tick later than c
+    for _ in range(E - 1):
+        c.tick_all()
+        c.stabilize()
+    assert c.role("c") is Role.PRE_CANDIDATE  # c timed out and asked b...
+    assert c.role("b") is Role.FOLLOWER and c.history(src="c", dst="b", kinds=RequestVote)
+    for _ in range(2):  # ...which ignored it: one tick later b's lease is over
+        c.tick_all()
+        c.stabilize()
+    assert c.leader() == "c"  # asked again and elected, long before b's own timeout

@@ -202,6 +202,13 @@ class Raft:
             self.leader = None
             term = self.term
         self._reset_election_timer()
+        if pre_vote:
+            # Unanswered pre-votes are asked again soon: a voter that still heard from
+            # the leader less than an election timeout ago ignores them, but only for a
+            # tick or two when it is the leader that died. (Refused ones make us a
+            # follower again, with a full timeout.) Pre-votes change no term: asking
+            # again disturbs nobody.
+            self.randomized_timeout = min(self.randomized_timeout, 2 * self.opts.heartbeat_ticks)
         self.votes = {self.id: True}
         if self._tally() >= self.config.quorum():
             self._win(pre_vote)
