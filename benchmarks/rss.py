@@ -5,7 +5,7 @@
 Starts the cluster `tinyraft bench` starts (tinyraft.bench.bench_cluster: 3 members,
 fsync on) with a small automatic snapshot threshold (RAFT_SNAPSHOT_ENTRIES, 5000 log
 entries by default) so that the log is compacted many times during the run. Measures
-the peak throughput for --peak-seconds (64 calls in flight, closed loop), then drives
+the peak throughput for --peak-seconds (--concurrency calls in flight, closed loop), then drives
 the cluster open loop at --fraction of that rate (bench's --rate pacing) for --minutes,
 sampling every sidecar's VmRSS (/proc/PID/status) every --interval seconds.
 
@@ -90,7 +90,12 @@ def main() -> int:
     parser.add_argument("--peak-seconds", type=float, default=10.0, help="peak measurement")
     parser.add_argument("--fraction", type=float, default=0.5, help="of the peak (default 0.5)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
-    parser.add_argument("--concurrency", type=int, default=64, help="cap on calls in flight")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=4096,
+        help="calls in flight (peak: one Caller, many calls)",
+    )
     parser.add_argument(
         "--snapshot-entries", type=int, default=5000, help="RAFT_SNAPSHOT_ENTRIES (default 5000)"
     )
