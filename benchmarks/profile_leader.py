@@ -132,7 +132,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=int, default=15, help="profiled seconds (whole)")
-    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
+    parser.add_argument("--concurrency", type=int, default=4096, help="calls in flight")
     parser.add_argument("--warmup", type=float, default=3.0, help="load before profiling")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15, help="rows per table")
