@@ -89,6 +89,30 @@ def test_compaction_keeps_the_suffix_and_cuts_a_straddling_record(tmp_path: Path
     store.close()
 
 
+def test_compaction_leaves_old_records_for_short_prune_steps(tmp_path: Path) -> None:
+    """compact() must not hold the disk thread for a whole compaction: it rewrites
+    only the straddling record; prune() then deletes the rest a few records at a time.
+    Left-over records (a crash between the two) are never read and are pruned at open."""
+    store = SqliteLogStore.open(tmp_path)
+    store.save(HardState(1, "a", 50), batch(1, 5))
+    for first in range(6, 51, 5):
+        store.save(None, batch(first, 5))  # ten records of five entries
+    meta = SnapshotMeta(50, 1, CONFIG)  # the whole log: every record is left over
+    store.compact(meta)
+    assert store.load() == (HardState(1, "a", 50), meta, [])
+    store = reopen(store)  # left-over records do not make the log end before the snapshot
+    assert store.load() == (HardState(1, "a", 50), meta, [])
+    store.save(None, batch(51, 3))
+    assert store.load()[2] == batch(51, 3)
+    rows = lambda: store._conn.execute("SELECT count(*) FROM log").fetchone()[0]  # noqa: E731
+    assert rows() == 11
+    assert store.prune(records=4) is True and rows() == 7
+    assert store.prune(records=4) is True and rows() == 3
+    assert store.prune(records=4) is False and rows() == 1  # the live record stays
+    assert store.load() == (HardState(1, "a", 50), meta, batch(51, 3))
+    store.close()
+
+
 def test_a_snapshot_that_does_not_match_the_log_replaces_all_of_it(tmp_path: Path) -> None:
     store = SqliteLogStore.open(tmp_path)
     store.save(HardState(1, "a", 2), batch(1, 10))

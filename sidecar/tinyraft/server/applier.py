@@ -227,7 +227,7 @@ class Applier:
             return None
         meta = SnapshotMeta(index, term, core.log.config_at(index))
         info = await self._take_snapshot(meta)
-        await self.m.storage(self.m.data_dir.log.compact, meta)
+        await self.m.compact_log(meta)
         if index > core.log.snapshot.index:
             core.compact(index)
         self.m.kick()

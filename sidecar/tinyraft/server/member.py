@@ -145,6 +145,14 @@ class Member:
         """Run a storage call on the single disk thread (SQLite is used by one thread)."""
         return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
 
+    async def compact_log(self, meta: SnapshotMeta) -> None:
+        """Compact the log to a snapshot, then free the old records in short steps:
+        the Raft loop's appends, queued on the same disk thread, slip in between."""
+        log = self.data_dir.log
+        await self.storage(log.compact, meta)
+        while await self.storage(log.prune):
+            pass
+
     def kick(self) -> None:
         self._kick.set()
 
@@ -452,7 +460,7 @@ class Member:
         if self._incoming_snapshot is writer:
             self._incoming_snapshot = None
         info = await self.storage(writer.commit, m.meta)
-        await self.storage(self.data_dir.log.compact, m.meta)
+        await self.compact_log(m.meta)
         self.applier.enqueue(info)
         self.metrics.snapshots_received.inc()
         log.info("installed a snapshot at index %d from %s", m.meta.index, m.src)

@@ -165,4 +165,6 @@ def _recover(log: SqliteLogStore, snapshots: SnapshotStore) -> Recovered:
             f"the log was compacted up to index {meta.index} (term {meta.term}) but no "
             "snapshot with that index and term is in this directory",
         )
+    while log.prune():  # what a compaction left below the snapshot when the process died
+        pass
     return Recovered(hard_state, latest, entries)

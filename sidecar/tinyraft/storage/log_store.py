@@ -24,7 +24,11 @@ snapshots and identity checked, from DataDir.open() (data_dir.py).
         Record that a snapshot covers the log up to meta.index. If the log holds that
         entry with meta.term, entries <= meta.index are dropped; otherwise (a snapshot
         from the leader that conflicts with or runs past this log) the whole log is.
-        Always synced.
+        Always synced. Records wholly below the snapshot may be left for prune().
+    prune() -> bool
+        Delete some of the records compact() left below the snapshot; True while more
+        remain. A few megabytes at a time, so that the runtime's appends (queued on
+        the same thread) wait for one short step, never for a whole compaction.
     close()
 
 Calls must not overlap: the runtime calls the store from one executor thread at a time
@@ -54,5 +58,7 @@ class LogStore(Protocol):
     def entries(self, lo: int, hi: int) -> list[Entry]: ...
 
     def compact(self, meta: SnapshotMeta) -> None: ...
+
+    def prune(self) -> bool: ...
 
     def close(self) -> None: ...
