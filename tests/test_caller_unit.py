@@ -485,3 +485,43 @@ def test_backoff_polls_quickly_for_a_new_leader_but_slowly_when_overloaded() -> 
     assert policy.overload_backoff / 2 <= overloaded[-1] <= policy.overload_backoff
     with pytest.raises(ValueError, match="max_backoff <= overload_backoff"):
         RetryPolicy(max_backoff=3.0, overload_backoff=2.0)
+
+
+class OlderMember(FakeMember):
+    """A member from before QueryBatch: it answers queries one at a time."""
+
+    QueryBatch = caller_pb2_grpc.CallerServicer.QueryBatch  # UNIMPLEMENTED
+
+    async def Query(self, request, context):
+        self.queries.append(request)
+        if request.request == b"bad":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no such question")
+        return caller_pb2.QueryResponse(answer=request.request + b"!")
+
+
+@async_test
+async def test_queries_fall_back_to_one_by_one_on_a_member_without_query_batch():
+    member = await OlderMember().start()
+    try:
+        async with Caller(member.address, retry=FAST) as caller:
+            for _ in range(2):  # the second time straight to Query
+                good, bad = await asyncio.gather(
+                    caller.query(b"q"), caller.query(b"bad"), return_exceptions=True
+                )
+                assert good == b"q!"
+                assert isinstance(bad, InvalidArgument) and "no such question" in str(bad)
+    finally:
+        await member.stop()
+
+
+@async_test
+async def test_requests_stay_under_the_byte_cap_and_queries_must_be_bytes():
+    from tinyraft.caller import MAX_BATCH_BYTES
+
+    async with members(1) as (member,), Caller(member.address, retry=FAST) as caller:
+        big = [bytes([i]) * (1 << 20) for i in range(12)]  # 12 MiB at once
+        assert await asyncio.gather(*(caller.apply(c) for c in big)) == [b"ok:" + c for c in big]
+        sizes = [sum(len(c.payload) for c in r.commands) for r in member.requests]
+        assert len(sizes) > 3 and max(sizes) <= MAX_BATCH_BYTES
+        with pytest.raises(TypeError, match="queries are bytes, not int"):
+            await caller.query(5)  # type: ignore[arg-type]

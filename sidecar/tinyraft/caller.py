@@ -66,6 +66,7 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 
 MAX_IN_FLIGHT = 4  # Apply requests one Caller keeps outstanding at once
 MAX_BATCH = 512  # commands per request when calls pile up
+MAX_BATCH_BYTES = 2 << 20  # and bytes per request: under gRPC's default 4 MiB message limit
 
 
 class TinyraftError(Exception):
@@ -223,6 +224,7 @@ class Caller:
         # stream of ApplyRequests, queries in one stream per consistency.
         self._applies = _Batcher(self._apply_request)
         self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
+        self._batch_queries = True  # until a member answers QueryBatch UNIMPLEMENTED
 
     async def apply(self, command: bytes) -> bytes:
         """Apply one command; its result once committed and applied by the Module.
@@ -297,6 +299,7 @@ class Caller:
             raise ValueError(
                 f"consistency must be 'linearizable', 'lease' or 'stale', not {consistency!r}"
             )
+        _check_command(request, "queries")
         level = _CONSISTENCY[consistency]
         batcher = self._queries.get(level)
         if batcher is None:
@@ -309,8 +312,16 @@ class Caller:
         self, requests: Sequence[bytes], level: caller_pb2.Consistency
     ) -> list[bytes | TinyraftError]:
         """One QueryBatchRequest: every answer from the same state."""
+        if not self._batch_queries:
+            return list(await asyncio.gather(*(self._query_one(r, level) for r in requests)))
         message = caller_pb2.QueryBatchRequest(requests=requests, consistency=level)
-        response = await self._call("Query", lambda stub: stub.QueryBatch, message)
+        try:
+            response = await self._call("Query", lambda stub: stub.QueryBatch, message)
+        except TinyraftError as err:
+            if err.code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._batch_queries = False  # a member older than QueryBatch: one by one
+            return await self._query_request(requests, level)
         if len(response.results) != len(requests):
             raise TinyraftError(
                 f"the cluster answered {len(response.results)} results for {len(requests)} "
@@ -326,6 +337,17 @@ class Caller:
             else r.answer
             for r in response.results
         ]
+
+    async def _query_one(
+        self, request: bytes, level: caller_pb2.Consistency
+    ) -> bytes | TinyraftError:
+        message = caller_pb2.QueryRequest(request=request, consistency=level)
+        try:
+            response = await self._call("Query", lambda stub: stub.Query, message)
+        except InvalidArgument as err:
+            return err  # this question only
+        answer: bytes = response.answer
+        return answer
 
     async def status(self) -> Status:
         """The status of whichever member answers."""
@@ -457,7 +479,12 @@ class _Batcher:
 
     def _flush(self) -> None:
         while self._waiting and self._in_flight < MAX_IN_FLIGHT:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            count, size = 0, 0
+            for item, _ in self._waiting[:MAX_BATCH]:
+                if count and size + len(item) > MAX_BATCH_BYTES:
+                    break
+                count, size = count + 1, size + len(item)
+            batch, self._waiting = self._waiting[:count], self._waiting[count:]
             self._in_flight += 1
             task = asyncio.create_task(self._run(batch))
             self._tasks.add(task)
@@ -560,9 +587,9 @@ class BlockingCaller:
             raise
 
 
-def _check_command(command: object) -> None:
+def _check_command(command: object, what: str = "commands") -> None:
     if not isinstance(command, bytes | bytearray | memoryview):
-        raise TypeError(f"commands are bytes, not {type(command).__name__}: encode first")
+        raise TypeError(f"{what} are bytes, not {type(command).__name__}: encode first")
 
 
 def _check_targets(targets: str | Sequence[str]) -> list[str]:

@@ -112,6 +112,7 @@ class Member:
         self._sent_at: dict[str, tuple[int, float]] = {}
         self.started = False  # the Module is at the snapshot and the Raft loop runs
         self._next_tick = time.monotonic()
+        self._pruning: asyncio.Task[None] | None = None
 
     # -- start and stop ----------------------------------------------------------------
 
@@ -134,9 +135,10 @@ class Member:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._pruning] if self._pruning else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.transport.close()
         await self.module.close()
         self._disk.shutdown(wait=True)
@@ -146,12 +148,19 @@ class Member:
         return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
 
     async def compact_log(self, meta: SnapshotMeta) -> None:
-        """Compact the log to a snapshot, then free the old records in short steps:
-        the Raft loop's appends, queued on the same disk thread, slip in between."""
-        log = self.data_dir.log
-        await self.storage(log.compact, meta)
-        while await self.storage(log.prune):
-            pass
+        """Compact the log to a snapshot, then free the old records in the background,
+        in short steps: the Raft loop's appends, queued on the same disk thread, slip in
+        between, and nobody waits for the pruning to end."""
+        await self.storage(self.data_dir.log.compact, meta)
+        if self._pruning is None or self._pruning.done():
+            self._pruning = asyncio.create_task(self._prune(), name="prune-log")
+
+    async def _prune(self) -> None:
+        try:
+            while await self.storage(self.data_dir.log.prune):
+                pass
+        except Exception:  # the next append reports a broken store; this is housekeeping
+            log.warning("pruning the compacted log failed", exc_info=True)
 
     def kick(self) -> None:
         self._kick.set()

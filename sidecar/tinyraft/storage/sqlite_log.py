@@ -367,8 +367,10 @@ class SqliteLogStore:
                 self._set_sync(False)  # below the snapshot: nothing to make durable
                 with self._transaction():
                     deleted = self._conn.execute(
+                        # after compact() the records starting at or below the
+                        # snapshot are exactly those wholly below it (rowid order)
                         "DELETE FROM log WHERE first IN"
-                        " (SELECT first FROM log WHERE last <= ? ORDER BY first LIMIT ?)",
+                        " (SELECT first FROM log WHERE first <= ? ORDER BY first LIMIT ?)",
                         (self._snapshot_index, records),
                     ).rowcount
                 return bool(deleted == records)
