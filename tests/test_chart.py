@@ -89,7 +89,6 @@ def objects(manifest: str) -> dict[tuple[str, str], dict[str, Any]]:
 
 class Installed:
     def __init__(self, env: K8sEnv) -> None:
-        self.env = env
         kubeconfig = env.server.write_kubeconfig(env.base_dir / "helm.kubeconfig", "helm")
         default = helm(kubeconfig, "default", [{"release": "tr", "values": {}}])
         custom = helm(kubeconfig, "ops", [{"release": "custom", "values": CUSTOM}])
@@ -324,8 +323,12 @@ def test_the_operator_runs_from_the_chart_with_exactly_the_rbac_it_grants(
             url = f"http://127.0.0.1:{liveness}/healthz"
             wait_for(lambda u=url: requests.get(u, timeout=2).ok, 30, "liveness endpoint")
         peering = "/apis/kopf.dev/v1/clusterkopfpeerings/tinyraft-operator"
-        peers = wait_for(lambda: len((env.api.get(peering) or {}).get("status") or {}) == 2
-                         and env.api.get(peering)["status"], 30, "both replicas peering")  # type: ignore[index]  # fmt: skip
+
+        def both_peering() -> dict[str, Any]:
+            status = (env.api.get(peering) or {}).get("status") or {}
+            return status if len(status) == 2 else {}
+
+        peers = wait_for(both_peering, 30, "both replicas peering")
         assert len({p["priority"] for p in peers.values()}) == 2, "ties pause every replica"
 
         ns = "apps"

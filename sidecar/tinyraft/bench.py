@@ -55,7 +55,6 @@ class BenchConfig:
 class _Tally:
     writes: list[float] = field(default_factory=list)
     reads: list[float] = field(default_factory=list)
-    unsent: list[float] = field(default_factory=list)  # lower bounds, open loop only
     errors: int = 0
 
 
@@ -129,8 +128,8 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
     await asyncio.gather(*tasks)
     for caller in callers:
         await caller.close()
-    tally.unsent = [give_up - due for due in abandoned if due >= measure_from]
-    writes, reads = sorted(tally.writes + tally.unsent), sorted(tally.reads)
+    unsent = [give_up - due for due in abandoned if due >= measure_from]  # lower bounds
+    writes, reads = sorted(tally.writes + unsent), sorted(tally.reads)
     latencies = sorted(writes + reads) if cfg.reads else writes
     result: dict[str, object] = {
         "members": cfg.members,
@@ -147,7 +146,7 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
         "durable": cfg.fsync,
     }
     if cfg.rate is not None:
-        result["unsent"] = len(tally.unsent)
+        result["unsent"] = len(unsent)
     if cfg.reads:
         result["reads_per_s"] = round(len(reads) / cfg.seconds, 1)
         result["consistency"] = cfg.consistency

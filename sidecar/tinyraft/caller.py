@@ -229,7 +229,7 @@ class Caller:
     async def apply(self, command: bytes) -> bytes:
         """Apply one command; its result once committed and applied by the Module.
         Concurrent calls are batched into shared requests; each keeps its own result."""
-        _check_command(command)
+        _check_bytes(command)
         return await self._applies.submit(bytes(command))
 
     async def apply_many(self, commands: Sequence[bytes]) -> list[bytes]:
@@ -238,7 +238,7 @@ class Caller:
         Raises CommandError if the cluster refused one of them (the others' results are
         lost with it: call apply() per command when that matters)."""
         for command in commands:
-            _check_command(command)
+            _check_bytes(command)
         if not commands:
             return []
         results = await self._apply_request(commands)
@@ -299,7 +299,7 @@ class Caller:
             raise ValueError(
                 f"consistency must be 'linearizable', 'lease' or 'stale', not {consistency!r}"
             )
-        _check_command(request, "queries")
+        _check_bytes(request, "queries")
         level = _CONSISTENCY[consistency]
         batcher = self._queries.get(level)
         if batcher is None:
@@ -587,9 +587,9 @@ class BlockingCaller:
             raise
 
 
-def _check_command(command: object, what: str = "commands") -> None:
-    if not isinstance(command, bytes | bytearray | memoryview):
-        raise TypeError(f"{what} are bytes, not {type(command).__name__}: encode first")
+def _check_bytes(value: object, what: str = "commands") -> None:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"{what} are bytes, not {type(value).__name__}: encode first")
 
 
 def _check_targets(targets: str | Sequence[str]) -> list[str]:

@@ -112,7 +112,7 @@ class Member:
         self._sent_at: dict[str, tuple[int, float]] = {}
         self.started = False  # the Module is at the snapshot and the Raft loop runs
         self._next_tick = time.monotonic()
-        self._pruning: asyncio.Task[None] | None = None
+        self._pruning = False  # a background prune of the compacted log is running
 
     # -- start and stop ----------------------------------------------------------------
 
@@ -135,10 +135,9 @@ class Member:
         ]
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._pruning] if self._pruning else [])]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
         await self.module.close()
         self._disk.shutdown(wait=True)
@@ -152,8 +151,9 @@ class Member:
         in short steps: the Raft loop's appends, queued on the same disk thread, slip in
         between, and nobody waits for the pruning to end."""
         await self.storage(self.data_dir.log.compact, meta)
-        if self._pruning is None or self._pruning.done():
-            self._pruning = asyncio.create_task(self._prune(), name="prune-log")
+        if not self._pruning:
+            self._pruning = True
+            self._spawn(self._prune())
 
     async def _prune(self) -> None:
         try:
@@ -161,6 +161,8 @@ class Member:
                 pass
         except Exception:  # the next append reports a broken store; this is housekeeping
             log.warning("pruning the compacted log failed", exc_info=True)
+        finally:
+            self._pruning = False
 
     def kick(self) -> None:
         self._kick.set()
