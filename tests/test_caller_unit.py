@@ -311,6 +311,21 @@ async def test_an_unreachable_target_is_skipped():
 
 
 @async_test
+async def test_a_leader_that_goes_down_is_not_waited_for():
+    async with members(2) as (leader, follower):
+        # Every call reaches the leader through the follower's hint, as in a cluster.
+        follower.script = [abort(grpc.StatusCode.UNAVAILABLE, "not the leader", leader.address)]
+        patient = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, deadline=10)
+        async with Caller([follower.address], timeout=60, retry=patient) as caller:
+            assert await caller.apply(b"a") == b"ok:a"
+            await leader.stop()
+            # wait_for_ready would hold this attempt on the dead leader until the
+            # policy's deadline; once the cluster has answered, down means move on.
+            assert await caller.apply(b"b") == b"ok:b"
+        assert follower.log == [b"b"]
+
+
+@async_test
 async def test_dns_target():
     async with members(1) as (member,):
         port = member.address.rsplit(":", 1)[1]

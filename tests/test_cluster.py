@@ -9,6 +9,7 @@ import random
 import signal
 import threading
 
+import grpc
 import pytest
 
 from tinyraft import BlockingCaller
@@ -110,6 +111,32 @@ def test_a_retried_command_is_applied_once_across_a_failover(make_cluster):
     with BlockingCaller(cluster.addresses()) as caller:
         count = json.loads(caller.query(json.dumps({"op": "count", "word": "raft"}).encode()))
     assert count == {"count": 1}
+
+
+def test_a_call_during_an_election_is_held_until_the_new_leader_answers(make_cluster):
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    survivors = [m for m in cluster.members if m != leader]
+    with BlockingCaller(cluster.addresses()) as caller:
+        caller.apply(put("before", "1"))
+    cluster.kill(leader)
+    # One attempt, no client retries: the survivor still believes in the dead leader,
+    # so the call is held until the survivors elect a new one, then answered.
+    request = cpb.ApplyRequest(
+        commands=[cpb.Command(client_id=77, sequence=1, ack_below=1, payload=put("during", "2"))]
+    )
+    with cluster.channel(survivors[0]) as ch:
+        reply = caller_pb2_grpc.CallerStub(ch).Apply(request, timeout=10)
+    assert reply.results[0].error == ""
+    new_leader = cluster.leader()
+    assert new_leader in survivors
+    # Without a quorum no leader can come: the held call ends with a reason, in time.
+    cluster.kill(new_leader)
+    alone = next(m for m in survivors if m != new_leader)
+    with cluster.channel(alone) as ch, pytest.raises(grpc.RpcError) as refused:
+        caller_pb2_grpc.CallerStub(ch).Apply(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no leader was elected in time" in refused.value.details()
 
 
 def test_a_follower_behind_the_compaction_point_catches_up_by_snapshot(make_cluster):

@@ -192,8 +192,10 @@ class Caller:
       defaults to the system roots, and tls_cert with tls_key is the client certificate
       (members with TLS on require one, signed by their TLS_CA_FILE).
     timeout: seconds per attempt (the retry policy's deadline bounds the whole call).
-    wait_for_ready: an attempt waits, up to `timeout`, for a member that is not yet
-      reachable instead of failing at once; suits a cluster that is starting up.
+    wait_for_ready: until some member has answered, an attempt waits, up to `timeout`,
+      for a member that is not yet reachable instead of failing at once (a cluster that
+      is starting up). Once the cluster has answered, a member that cannot be reached is
+      down: the attempt fails at once and the next goes elsewhere.
     """
 
     def __init__(
@@ -214,6 +216,7 @@ class Caller:
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._wait_for_ready = wait_for_ready
+        self._answered = False  # some member has answered: unreachable now means down
         self._session = _Session()
         self._next_target = random.randrange(len(self._targets))  # spread clients out
         self._leader: str | None = None  # from the latest hint: where writes go first
@@ -400,11 +403,13 @@ class Caller:
             target = self._leader or self._targets[self._next_target]
             remaining = deadline - loop.time()
             try:
-                return await method(self._stub(target))(
+                reply = await method(self._stub(target))(
                     request,
                     timeout=min(self._timeout, remaining),
-                    wait_for_ready=self._wait_for_ready,
+                    wait_for_ready=self._wait_for_ready and not self._answered,
                 )
+                self._answered = True
+                return reply
             except grpc.aio.AioRpcError as err:
                 code = err.code()
                 if code not in _RETRYABLE:

@@ -386,15 +386,37 @@ class Member:
         return index
 
     async def wait_committed(self, index: int, term: int, timeout: float = 30.0) -> None:
+        core = self.core
+        await self.wait_until(lambda: core.commit >= index or core.term != term, timeout)
+        if core.commit < index:
+            raise Unavailable("leadership changed before the change committed; retry")
+        if core.log.term(index) not in (term, None):
+            raise Unavailable("the change was lost to a new leader; retry")
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Wait (re-checking after each turn of the Raft loop) until condition() holds;
+        False if it still does not after timeout seconds."""
         deadline = time.monotonic() + timeout
-        while self.core.commit < index:
-            if self.core.term != term or time.monotonic() > deadline:
-                raise Unavailable("leadership changed before the change committed; retry")
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), max(deadline - time.monotonic(), 0.01))
-        if self.core.log.term(index) not in (term, None):
-            raise Unavailable("the change was lost to a new leader; retry")
+                await asyncio.wait_for(changed.wait(), remaining)
+        return True
+
+    async def wait_for_leader(self, not_at: str | None, term: int, timeout: float) -> bool:
+        """Wait until this member leads or knows a leader, other than the one at
+        `not_at` in `term` (that one did not answer); False if none within timeout."""
+
+        def known() -> bool:
+            if self.core.role is Role.LEADER:
+                return True
+            address = self.leader_address()
+            return address is not None and (address != not_at or self.core.term > term)
+
+        return await self.wait_until(known, timeout)
 
     def address_of(self, member: str) -> str | None:
         return self.core.config.address(member)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import NoReturn
 
 import grpc
@@ -30,6 +31,7 @@ log = logging.getLogger("tinyraft.services")
 LEADER_KEY = "tinyraft-leader"
 PROMOTE_READY = 0.9  # a learner is promoted only with this share of committed entries
 QUERY_TIMEOUT_S = 10.0
+HOLD_SHARE = 0.8  # a call held for a leader answers with this share of its deadline used
 
 
 async def _abort(
@@ -38,8 +40,9 @@ async def _abort(
     message: str,
     leader: str | None = None,
 ) -> NoReturn:
-    if leader:
-        context.set_trailing_metadata(((LEADER_KEY, leader),))
+    # Always present on our answers (empty: no leader to suggest), so a forwarding
+    # member can tell a leader that answered from one that could not be reached.
+    context.set_trailing_metadata(((LEADER_KEY, leader or ""),))
     await context.abort(code, message)
     raise AssertionError("unreachable")
 
@@ -58,6 +61,15 @@ async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
     if isinstance(err, ProposalError):
         await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
     raise err
+
+
+def _answered_by(err: grpc.aio.AioRpcError) -> str | None:
+    """The leader hint of a member's answer ("" for none); None if no member answered
+    (the call failed to connect or the connection broke)."""
+    for key, value in err.trailing_metadata() or ():
+        if key == LEADER_KEY:
+            return str(value)
+    return None
 
 
 def _role(member: Member) -> str:
@@ -113,9 +125,14 @@ class CallerService(caller_pb2_grpc.CallerServicer):
                 )
             commands.append(Command(c.client_id, c.sequence, c.ack_below, c.payload))
         if m.core.role is not Role.LEADER:
-            return await self._forward(request, context)
+            return await self._forward(request, commands, context)
+        return await self._submit(commands, context)
+
+    async def _submit(
+        self, commands: list[Command], context: grpc.aio.ServicerContext
+    ) -> cpb.ApplyResponse:
         try:
-            results = await m.submit(commands)
+            results = await self.m.submit(commands)
         except Exception as err:
             await _fail(context, err)
         return cpb.ApplyResponse(
@@ -123,22 +140,45 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         )
 
     async def _forward(
-        self, request: cpb.ApplyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: cpb.ApplyRequest,
+        commands: list[Command],
+        context: grpc.aio.ServicerContext,
     ) -> cpb.ApplyResponse:
-        target = self._leader_stub()
-        if target is None:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, "no leader is known yet; retry")
-        stub, address = target
-        remaining = context.time_remaining()
-        try:
-            return await stub.Apply(request, timeout=remaining if remaining else 10.0)
-        except grpc.aio.AioRpcError as err:
-            await _abort(
-                context,
-                err.code(),
-                f"forwarded to the leader at {address}: {err.details()}",
-                address,
-            )
+        """Forward to the leader. During an election (no leader known, or the one we
+        knew does not answer) hold the call until a leader is known and go there, as
+        Consul holds RPCs: the client gets its answer as soon as the cluster can give
+        one, instead of polling every member while the vote runs. Forwarding again is
+        safe: the session numbers make a command apply once."""
+        m = self.m
+        remaining = context.time_remaining() or QUERY_TIMEOUT_S
+        deadline = time.monotonic() + min(remaining * HOLD_SHARE, m.cfg.election_ms * 4 / 1000)
+        failed: tuple[str | None, int] = (None, 0)  # (leader address, term) that did not answer
+        while True:
+            if m.core.role is Role.LEADER:
+                return await self._submit(commands, context)
+            target = self._leader_stub()
+            if target is None or (target[1], m.core.term) == failed:
+                if not await m.wait_for_leader(*failed, deadline - time.monotonic()):
+                    await _abort(
+                        context, grpc.StatusCode.UNAVAILABLE, "no leader was elected in time; retry"
+                    )
+                continue
+            stub, address = target
+            term = m.core.term
+            try:
+                return await stub.Apply(request, timeout=context.time_remaining() or remaining)
+            except grpc.aio.AioRpcError as err:
+                hint = _answered_by(err)
+                unreachable = hint is None and err.code() == grpc.StatusCode.UNAVAILABLE
+                if not unreachable or time.monotonic() >= deadline:
+                    await _abort(
+                        context,
+                        err.code(),
+                        f"forwarded to the leader at {address}: {err.details()}",
+                        None if hint is None else hint or address,
+                    )
+                failed = (address, term)
 
     async def Query(
         self, request: cpb.QueryRequest, context: grpc.aio.ServicerContext
