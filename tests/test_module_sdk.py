@@ -33,7 +33,7 @@ def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., N
 
 
 @contextlib.asynccontextmanager
-async def serving(module: Module) -> AsyncIterator[tuple[pb_grpc.ModuleStub, grpc.aio.Channel]]:
+async def serving_at(module: Module) -> AsyncIterator[str]:
     """serve_module on a port the OS picks (port 0: no race with other tests)."""
     bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve_module(module, "127.0.0.1:0", ready=bound.set_result))
@@ -43,12 +43,17 @@ async def serving(module: Module) -> AsyncIterator[tuple[pb_grpc.ModuleStub, grp
         task.result()  # raise its error
     assert bound.done(), "serve_module did not report ready"
     try:
-        async with grpc.aio.insecure_channel(bound.result()) as channel:
-            yield pb_grpc.ModuleStub(channel), channel
+        yield bound.result()
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def serving(module: Module) -> AsyncIterator[tuple[pb_grpc.ModuleStub, grpc.aio.Channel]]:
+    async with serving_at(module) as address, grpc.aio.insecure_channel(address) as channel:
+        yield pb_grpc.ModuleStub(channel), channel
 
 
 class Journal(Module):
@@ -222,11 +227,20 @@ async def test_query_batch_answers_each_question_and_refuses_only_the_bad_one() 
 
 
 @run_async
-async def test_the_sidecar_asks_one_by_one_a_module_without_query_batch() -> None:
-    """A Module written against the older contract (no QueryBatch) still answers."""
+async def test_the_sidecar_speaks_the_older_contract_to_a_module_written_for_it() -> None:
+    """A Module without QueryBatch and without the packed Apply form still works."""
     from tinyraft.server.module_client import ModuleClient
 
     class OldModule(pb_grpc.ModuleServicer):  # QueryBatch left UNIMPLEMENTED
+        async def Apply(self, request: Any, context: Any) -> pb.ApplyBatchResponse:
+            return pb.ApplyBatchResponse(
+                results=[pb.ApplyResult(result=b"%d:%s" % (e.index, e.command))
+                         for e in request.entries]  # fmt: skip
+            )
+
+        async def Info(self, request: Any, context: Any) -> pb.InfoResponse:
+            return pb.InfoResponse(instance_id="old")  # says nothing of packed_apply
+
         async def Query(self, request: Any, context: Any) -> pb.ModuleQueryResponse:
             if request.request == b"what":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown query what")
@@ -238,6 +252,8 @@ async def test_the_sidecar_asks_one_by_one_a_module_without_query_batch() -> Non
     await server.start()
     client = ModuleClient(f"127.0.0.1:{port}")
     try:
+        await client.info()
+        assert await client.apply(0, [1, 1, 2], [b"a", b"b", b"c"], 2) == [b"1:a", b"1:b", b"2:c"]
         for _ in range(2):  # the second time, straight to Query
             answers = await client.query_batch([b"a", b"what", b"b"], TIMEOUT, 0)
             assert answers == [(b"answer to a", ""), (b"", "unknown query what"),
@@ -245,6 +261,32 @@ async def test_the_sidecar_asks_one_by_one_a_module_without_query_batch() -> Non
     finally:
         await client.close()
         await server.stop(None)
+
+
+@run_async
+async def test_the_sidecar_sends_the_packed_form_to_a_module_that_takes_it() -> None:
+    from tinyraft.server.module_client import ModuleClient
+
+    module = Journal()
+    async with serving_at(module) as address:
+        client = ModuleClient(address)
+        try:
+            assert (await client.info()).packed_apply and client.packed_apply
+            results = await client.apply(0, [1, 2, 2], [b"a", b"boom", b"c"], 3)
+            assert results[0] == b"ok 1 a" and results[2] == b"ok 2 c"
+            assert json.loads(results[1]) == {"error": "ValueError: cannot apply boom"}
+            stub = client.stub  # a packed request must carry one index per command
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Apply(
+                    pb.ApplyBatchRequest(after_index=3, commands=[b"x", b"y"], indexes=[4],
+                                         last_index=4),  # fmt: skip
+                    timeout=TIMEOUT,
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "one index per command" in refused.value.details()
+        finally:
+            await client.close()
+    assert module.entries == [(1, b"a"), (2, b"c")]
 
 
 @run_async

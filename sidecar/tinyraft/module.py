@@ -172,18 +172,32 @@ class ModuleServicer(pb_grpc.ModuleServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"last_index {request.last_index} is before after_index {request.after_index}",
                 )
-            apply = self.module.apply
-            results = []
-            for entry in request.entries:
-                try:
-                    out = apply(entry.command, entry.index)
-                    if not isinstance(out, bytes):
-                        raise TypeError(f"apply returned {type(out).__name__}, not bytes")
-                except Exception as exc:  # a bad command is a result, not a crash
-                    out = error_result(f"{type(exc).__name__}: {exc}")
-                results.append(pb.ApplyResult(result=out))
+            if request.commands:  # the packed form (we say packed_apply in Info)
+                if len(request.indexes) != len(request.commands):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{len(request.commands)} commands but {len(request.indexes)} indexes: "
+                        "the packed form needs one index per command",
+                    )
+                packed = self._apply_each(zip(request.commands, request.indexes, strict=True))
+                self.applied_index = request.last_index
+                return pb.ApplyBatchResponse(packed_results=packed)
+            results = self._apply_each((e.command, e.index) for e in request.entries)
             self.applied_index = request.last_index
-            return pb.ApplyBatchResponse(results=results)
+            return pb.ApplyBatchResponse(results=[pb.ApplyResult(result=r) for r in results])
+
+    def _apply_each(self, commands: Iterable[tuple[bytes, int]]) -> list[bytes]:
+        apply = self.module.apply
+        results = []
+        for command, index in commands:
+            try:
+                out = apply(command, index)
+                if not isinstance(out, bytes):
+                    raise TypeError(f"apply returned {type(out).__name__}, not bytes")
+            except Exception as exc:  # a bad command is a result, not a crash
+                out = error_result(f"{type(exc).__name__}: {exc}")
+            results.append(out)
+        return results
 
     async def _check_min_index(self, min_index: int, context: Any) -> None:
         if self.applied_index < min_index:
@@ -251,7 +265,9 @@ class ModuleServicer(pb_grpc.ModuleServicer):
         return pb.RestoreResponse()
 
     async def Info(self, request: Any, context: Any) -> pb.InfoResponse:
-        return pb.InfoResponse(instance_id=self.instance_id, applied_index=self.applied_index)
+        return pb.InfoResponse(
+            instance_id=self.instance_id, applied_index=self.applied_index, packed_apply=True
+        )
 
 
 def _split_address(addr: str) -> tuple[str, int]:

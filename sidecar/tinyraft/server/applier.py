@@ -152,10 +152,12 @@ class Applier:
         if not entries:
             return
         started = time.perf_counter()
-        plan, module_entries = self._plan(entries)
+        plan, indexes, commands = self._plan(entries)
         while True:
             try:
-                results = await self.module.apply(self.applied, module_entries, entries[-1].index)
+                results = await self.module.apply(
+                    self.applied, indexes, commands, entries[-1].index
+                )
                 break
             except ModuleOutOfSync as err:
                 log.warning("the Module restarted or diverged (%s): rebuilding it", err)
@@ -193,12 +195,14 @@ class Applier:
 
     def _plan(
         self, entries: list[Entry]
-    ) -> tuple[list[tuple[int, Command, int, Verdict, bytes]], list[tuple[int, bytes]]]:
+    ) -> tuple[list[tuple[int, Command, int, Verdict, bytes]], list[int], list[bytes]]:
         """Run the session table over the batch exactly as if each command were applied
         on its own (so every member reaches the same table, however it batches), noting
-        which commands the Module must apply. Results are filled in afterwards."""
+        which commands the Module must apply (their log indexes and payloads). Results
+        are filled in afterwards."""
         plan: list[tuple[int, Command, int, Verdict, bytes]] = []
-        module_entries: list[tuple[int, bytes]] = []
+        indexes: list[int] = []
+        commands: list[bytes] = []
         for e in entries:
             if e.kind is not EntryKind.NORMAL or not e.data:
                 continue
@@ -206,11 +210,12 @@ class Applier:
                 verdict, cached = self.sessions.check(cmd, e.index)
                 if verdict is Verdict.NEW:
                     self.sessions.record(cmd, e.index, b"")
-                    plan.append((e.index, cmd, len(module_entries), verdict, b""))
-                    module_entries.append((e.index, cmd.payload))
+                    plan.append((e.index, cmd, len(commands), verdict, b""))
+                    indexes.append(e.index)
+                    commands.append(cmd.payload)
                 else:
                     plan.append((e.index, cmd, -1, verdict, cached))
-        return plan, module_entries
+        return plan, indexes, commands
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -284,6 +289,7 @@ class Applier:
 
     async def _rebuild(self) -> None:
         """The Module lost its state: restore the latest snapshot, replay the log."""
+        await self._retry(self.module.info)  # the restarted Module may be another version
         target = self.applied
         latest = self.m.data_dir.snapshots.latest()
         assert latest is not None, "a member always holds a snapshot (index 0 at least)"

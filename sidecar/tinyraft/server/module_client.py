@@ -33,33 +33,50 @@ class ModuleClient:
         )
         self.stub = module_pb2_grpc.ModuleStub(self.channel)
         self._batch_queries = True  # until the Module answers QueryBatch UNIMPLEMENTED
+        self.packed_apply = False  # what the Module's latest Info said
 
     async def info(self, timeout: float = 2.0) -> mpb.InfoResponse:
+        """The Module's state; also learns whether it takes the packed Apply form (a
+        restarted Module may be another version, so ask again after each restart)."""
         try:
-            return await self.stub.Info(mpb.InfoRequest(), timeout=timeout)
+            reply = await self.stub.Info(mpb.InfoRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise ModuleUnavailable(_describe(self.address, err)) from err
+        self.packed_apply = reply.packed_apply
+        return reply
 
     async def apply(
-        self, after_index: int, entries: Iterable[tuple[int, bytes]], last_index: int
+        self, after_index: int, indexes: list[int], commands: list[bytes], last_index: int
     ) -> list[bytes]:
-        request = mpb.ApplyBatchRequest(
-            after_index=after_index,
-            entries=[mpb.ModuleEntry(index=i, command=c) for i, c in entries],
-            last_index=last_index,
-        )
+        """Apply commands[i] at log index indexes[i]; one result per command."""
+        if self.packed_apply:
+            request = mpb.ApplyBatchRequest(
+                after_index=after_index, commands=commands, indexes=indexes, last_index=last_index
+            )
+        else:
+            request = mpb.ApplyBatchRequest(
+                after_index=after_index,
+                entries=[
+                    mpb.ModuleEntry(index=i, command=c)
+                    for i, c in zip(indexes, commands, strict=True)
+                ],
+                last_index=last_index,
+            )
         try:
             reply = await self.stub.Apply(request, timeout=APPLY_TIMEOUT_S)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise ModuleOutOfSync(err.details() or "") from err
             raise ModuleUnavailable(_describe(self.address, err)) from err
-        if len(reply.results) != len(request.entries):
+        results = (
+            list(reply.packed_results) if self.packed_apply else [r.result for r in reply.results]
+        )
+        if len(results) != len(commands):
             raise ModuleUnavailable(
-                f"the Module at {self.address} returned {len(reply.results)} results for "
-                f"{len(request.entries)} entries; it must return exactly one per entry"
+                f"the Module at {self.address} returned {len(results)} results for "
+                f"{len(commands)} commands; it must return exactly one per command"
             )
-        return [r.result for r in reply.results]
+        return results
 
     async def query(self, request: bytes, timeout: float, min_index: int) -> bytes:
         """Raises ModuleOutOfSync if the Module has applied less than min_index."""

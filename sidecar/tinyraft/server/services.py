@@ -153,32 +153,32 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         m = self.m
         remaining = context.time_remaining() or QUERY_TIMEOUT_S
         deadline = time.monotonic() + min(remaining * HOLD_SHARE, m.cfg.election_ms * 4 / 1000)
-        failed: tuple[str | None, int] = (None, 0)  # (leader address, term) that did not answer
         while True:
             if m.core.role is Role.LEADER:
                 return await self._submit(commands, context)
             target = self._leader_stub()
-            if target is None or (target[1], m.core.term) == failed:
-                if not await m.wait_for_leader(*failed, deadline - time.monotonic()):
-                    await _abort(
-                        context, grpc.StatusCode.UNAVAILABLE, "no leader was elected in time; retry"
-                    )
-                continue
-            stub, address = target
-            term = m.core.term
-            try:
-                return await stub.Apply(request, timeout=context.time_remaining() or remaining)
-            except grpc.aio.AioRpcError as err:
-                hint = _answered_by(err)
-                unreachable = hint is None and err.code() == grpc.StatusCode.UNAVAILABLE
-                if not unreachable or time.monotonic() >= deadline:
-                    await _abort(
-                        context,
-                        err.code(),
-                        f"forwarded to the leader at {address}: {err.details()}",
-                        None if hint is None else hint or address,
-                    )
-                failed = (address, term)
+            if target is not None:
+                stub, address = target
+                try:
+                    return await stub.Apply(request, timeout=context.time_remaining() or remaining)
+                except grpc.aio.AioRpcError as err:
+                    hint = _answered_by(err)
+                    unreachable = hint is None and err.code() == grpc.StatusCode.UNAVAILABLE
+                    if not unreachable or time.monotonic() >= deadline:
+                        await _abort(
+                            context,
+                            err.code(),
+                            f"forwarded to the leader at {address}: {err.details()}",
+                            None if hint is None else hint or address,
+                        )
+            # Wait for news of a leader; one that did not answer may be dead (an
+            # election will say) or between reconnects: ask it again a tick later.
+            wait = min(m.cfg.heartbeat_ms / 1000, deadline - time.monotonic())
+            await m.wait_for_leader(target and target[1], m.core.term, wait)
+            if time.monotonic() >= deadline:
+                await _abort(
+                    context, grpc.StatusCode.UNAVAILABLE, "no leader was elected in time; retry"
+                )
 
     async def Query(
         self, request: cpb.QueryRequest, context: grpc.aio.ServicerContext

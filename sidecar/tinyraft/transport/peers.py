@@ -34,6 +34,12 @@ GRPC_OPTIONS = [
     # The serving side must accept those pings, or it answers GOAWAY too_many_pings.
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # gRPC's default reconnect backoff grows to 2 minutes, and a call made while a
+    # channel waits to reconnect fails at once: a restarted peer must be reachable
+    # again within a second, not after its peers' backoff runs out.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 

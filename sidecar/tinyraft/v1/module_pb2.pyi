@@ -15,14 +15,18 @@ class ModuleEntry(_message.Message):
     def __init__(self, index: _Optional[int] = ..., command: _Optional[bytes] = ...) -> None: ...
 
 class ApplyBatchRequest(_message.Message):
-    __slots__ = ("after_index", "entries", "last_index")
+    __slots__ = ("after_index", "entries", "last_index", "commands", "indexes")
     AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LAST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
     after_index: int
     entries: _containers.RepeatedCompositeFieldContainer[ModuleEntry]
     last_index: int
-    def __init__(self, after_index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[ModuleEntry, _Mapping]]] = ..., last_index: _Optional[int] = ...) -> None: ...
+    commands: _containers.RepeatedScalarFieldContainer[bytes]
+    indexes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, after_index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[ModuleEntry, _Mapping]]] = ..., last_index: _Optional[int] = ..., commands: _Optional[_Iterable[bytes]] = ..., indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ApplyResult(_message.Message):
     __slots__ = ("result",)
@@ -31,10 +35,12 @@ class ApplyResult(_message.Message):
     def __init__(self, result: _Optional[bytes] = ...) -> None: ...
 
 class ApplyBatchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "packed_results")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ApplyResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[ApplyResult, _Mapping]]] = ...) -> None: ...
+    packed_results: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, results: _Optional[_Iterable[_Union[ApplyResult, _Mapping]]] = ..., packed_results: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ModuleQueryRequest(_message.Message):
     __slots__ = ("request", "min_index")
@@ -101,9 +107,11 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("instance_id", "applied_index")
+    __slots__ = ("instance_id", "applied_index", "packed_apply")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PACKED_APPLY_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     applied_index: int
-    def __init__(self, instance_id: _Optional[str] = ..., applied_index: _Optional[int] = ...) -> None: ...
+    packed_apply: bool
+    def __init__(self, instance_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., packed_apply: _Optional[bool] = ...) -> None: ...
