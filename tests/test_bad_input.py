@@ -189,6 +189,30 @@ def test_oversized_command_is_refused_naming_the_limit(cluster: LocalCluster) ->
     apply_works(cluster, "after-oversized")
 
 
+def test_bad_packed_requests_are_refused_naming_the_field(cluster: LocalCluster) -> None:
+    big = put("packed-big", "x" * 2000)
+    bad = {
+        "payloads[1]": cpb.ApplyRequest(
+            client_id=79, first_sequence=1, payloads=[put("packed-head", "1"), big]
+        ),
+        "client_id and first_sequence": cpb.ApplyRequest(payloads=[put("packed-head", "1")]),
+        "one form or the other": cpb.ApplyRequest(
+            client_id=79,
+            first_sequence=1,
+            payloads=[put("packed-head", "1")],
+            commands=[command(put("packed-head", "1"), client_id=80)],
+        ),
+        "at least one command": cpb.ApplyRequest(client_id=79, first_sequence=1),
+    }
+    for member in cluster.members:  # followers check before forwarding
+        for field, request in bad.items():
+            r = refused(lambda m=member, q=request: caller_stub(cluster, m).Apply(q, timeout=5))
+            assert r.code == grpc.StatusCode.INVALID_ARGUMENT and field in r.details, (member, r)
+    assert read(cluster, "packed-head") is None
+    all_running(cluster)
+    apply_works(cluster, "after-bad-packed")
+
+
 def test_command_of_exactly_the_limit_is_accepted(cluster: LocalCluster) -> None:
     padding = LIMIT - len(put("edge", ""))
     payload = put("edge", "e" * padding)

@@ -68,21 +68,40 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
         assert self._server is not None
         await self._server.stop(None)
 
-    def apply_now(self, request: caller_pb2.ApplyRequest) -> list[caller_pb2.CommandResult]:
+    @staticmethod
+    def commands(request: caller_pb2.ApplyRequest) -> list[tuple[int, int, int, bytes]]:
+        """(client_id, sequence, ack_below, payload) of each command, in either form."""
+        if request.payloads:
+            return [
+                (request.client_id, seq, request.ack_below, p)
+                for seq, p in enumerate(request.payloads, request.first_sequence)
+            ]
+        return [(c.client_id, c.sequence, c.ack_below, c.payload) for c in request.commands]
+
+    def apply_now(self, request: caller_pb2.ApplyRequest) -> list[tuple[bytes, str]]:
+        """(result, error) per command."""
         out = []
-        for c in request.commands:
-            key = (c.client_id, c.sequence)
+        for client_id, sequence, _, payload in self.commands(request):
+            key = (client_id, sequence)
             if key not in self.results:  # a retry of an applied command is answered from cache
-                self.log.append(c.payload)
-                self.results[key] = b"ok:" + c.payload
-            out.append(caller_pb2.CommandResult(result=self.results[key], index=len(self.log)))
+                self.log.append(payload)
+                self.results[key] = b"ok:" + payload
+            out.append((self.results[key], ""))
         return out
 
     async def Apply(self, request, context):
         self.requests.append(request)
         if self.script:
             await self.script.pop(0)(self, request, context)
-        return caller_pb2.ApplyResponse(results=self.apply_now(request))
+        results = self.apply_now(request)
+        if request.payloads:
+            return caller_pb2.ApplyResponse(
+                packed_results=[r for r, _ in results],
+                errors={i: e for i, (_, e) in enumerate(results) if e},
+            )
+        return caller_pb2.ApplyResponse(
+            results=[caller_pb2.CommandResult(result=r, error=e) for r, e in results]
+        )
 
     async def QueryBatch(self, request, context):
         self.queries.append(request)
@@ -111,7 +130,7 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
 
     def seen(self) -> list[tuple[int, int, int]]:
         """(client_id, sequence, ack_below) of every command received, in order."""
-        return [(c.client_id, c.sequence, c.ack_below) for r in self.requests for c in r.commands]
+        return [c[:3] for r in self.requests for c in self.commands(r)]
 
 
 def abort(code: grpc.StatusCode, details: str = "", leader: str = "") -> Action:
@@ -266,7 +285,7 @@ class RefusingMember(FakeMember):
     def apply_now(self, request):
         results = super().apply_now(request)
         if len(results) > 1:
-            results[1] = caller_pb2.CommandResult(error="session expired")
+            results[1] = (b"", "session expired")
         return results
 
 
@@ -284,6 +303,43 @@ async def test_a_refused_command_raises_command_error_and_later_ones_use_a_new_s
         assert seen[-1][1:] == (1, 1) and seen[-1][0] != seen[0][0]
     finally:
         await member.stop()
+
+
+class OldMember(FakeMember):
+    """A member from before the packed Apply form: it sees no commands in one."""
+
+    async def Apply(self, request, context):
+        if not request.commands:
+            self.requests.append(request)
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "commands: at least one command is required"
+            )
+        return await super().Apply(request, context)
+
+
+@async_test
+async def test_an_older_member_gets_the_commands_in_the_form_it_knows():
+    member = await OldMember().start()
+    try:
+        async with Caller(member.address, retry=FAST) as caller:
+            assert await caller.apply_many([b"a", b"b"]) == [b"ok:a", b"ok:b"]
+            assert await caller.apply(b"c") == b"ok:c"
+        assert member.log == [b"a", b"b", b"c"]
+        # Refused once in the packed form, then the same sequence numbers the old way.
+        assert [bool(r.payloads) for r in member.requests] == [True, False, False]
+        assert [seq for _, seq, _ in member.seen()] == [1, 2, 1, 2, 3]
+    finally:
+        await member.stop()
+
+
+@async_test
+async def test_the_packed_form_carries_one_sessions_consecutive_commands():
+    async with members(1) as (member,):
+        async with Caller(member.address, retry=FAST) as caller:
+            assert await caller.apply_many([b"a", b"b", b"c"]) == [b"ok:a", b"ok:b", b"ok:c"]
+        [request] = member.requests
+        assert not request.commands and list(request.payloads) == [b"a", b"b", b"c"]
+        assert request.client_id != 0 and (request.first_sequence, request.ack_below) == (1, 1)
 
 
 @async_test
@@ -536,7 +592,7 @@ async def test_requests_stay_under_the_byte_cap_and_queries_must_be_bytes():
     async with members(1) as (member,), Caller(member.address, retry=FAST) as caller:
         big = [bytes([i]) * (1 << 20) for i in range(12)]  # 12 MiB at once
         assert await asyncio.gather(*(caller.apply(c) for c in big)) == [b"ok:" + c for c in big]
-        sizes = [sum(len(c.payload) for c in r.commands) for r in member.requests]
+        sizes = [sum(len(c[3]) for c in member.commands(r)) for r in member.requests]
         assert len(sizes) > 3 and max(sizes) <= MAX_BATCH_BYTES
         with pytest.raises(TypeError, match="queries are bytes, not int"):
             await caller.query(5)  # type: ignore[arg-type]

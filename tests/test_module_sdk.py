@@ -233,10 +233,8 @@ async def test_the_sidecar_speaks_the_older_contract_to_a_module_written_for_it(
 
     class OldModule(pb_grpc.ModuleServicer):  # QueryBatch left UNIMPLEMENTED
         async def Apply(self, request: Any, context: Any) -> pb.ApplyBatchResponse:
-            return pb.ApplyBatchResponse(
-                results=[pb.ApplyResult(result=b"%d:%s" % (e.index, e.command))
-                         for e in request.entries]  # fmt: skip
-            )
+            results = [b"%d:%s" % (e.index, e.command) for e in request.entries]
+            return pb.ApplyBatchResponse(results=[pb.ApplyResult(result=r) for r in results])
 
         async def Info(self, request: Any, context: Any) -> pb.InfoResponse:
             return pb.InfoResponse(instance_id="old")  # says nothing of packed_apply
@@ -277,11 +275,10 @@ async def test_the_sidecar_sends_the_packed_form_to_a_module_that_takes_it() -> 
             assert json.loads(results[1]) == {"error": "ValueError: cannot apply boom"}
             stub = client.stub  # a packed request must carry one index per command
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Apply(
-                    pb.ApplyBatchRequest(after_index=3, commands=[b"x", b"y"], indexes=[4],
-                                         last_index=4),  # fmt: skip
-                    timeout=TIMEOUT,
+                request = pb.ApplyBatchRequest(
+                    after_index=3, commands=[b"x", b"y"], indexes=[4], last_index=4
                 )
+                await stub.Apply(request, timeout=TIMEOUT)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "one index per command" in refused.value.details()
         finally:

@@ -69,6 +69,10 @@ MAX_BATCH = 512  # commands per request when calls pile up
 MAX_BATCH_BYTES = 2 << 20  # and bytes per request: under gRPC's default 4 MiB message limit
 
 
+# What a member older than the packed Apply form says to it (it sees no commands).
+_OLD_MEMBER_REFUSAL = "commands: at least one command is required"
+
+
 class TinyraftError(Exception):
     """Base of every error the Caller raises. `code` is the gRPC status, if there was one."""
 
@@ -228,6 +232,7 @@ class Caller:
         self._applies = _Batcher(self._apply_request)
         self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
         self._batch_queries = True  # until a member answers QueryBatch UNIMPLEMENTED
+        self._packed_applies = True  # until a member refuses the packed Apply form
 
     async def apply(self, command: bytes) -> bytes:
         """Apply one command; its result once committed and applied by the Module.
@@ -254,44 +259,63 @@ class Caller:
         """One ApplyRequest (retried with the same sequence numbers)."""
         session = self._session
         numbers = session.reserve(len(commands))
-        ack_below = session.ack_below
-        request = caller_pb2.ApplyRequest(
-            commands=[
-                caller_pb2.Command(
-                    client_id=session.client_id, sequence=n, ack_below=ack_below, payload=c
-                )
-                for n, c in zip(numbers, commands, strict=True)
-            ]
-        )
         try:
-            response = await self._call("Apply", lambda stub: stub.Apply, request)
+            results, errors = await self._send_applies(session, numbers, commands)
         except BaseException:
             if self._session is session:
                 self._session = _Session()
             raise
         session.answered(numbers)
-        if len(response.results) != len(commands):
+        if len(results) != len(commands):
             raise TinyraftError(
-                f"the cluster answered {len(response.results)} results for {len(commands)} "
+                f"the cluster answered {len(results)} results for {len(commands)} "
                 "commands; the member runs an incompatible tinyraft version"
             )
-        out: list[bytes | CommandError] = []
-        for position, result in enumerate(response.results):
-            if result.error:
-                # The usual reason is an expired session: later commands start a new one.
-                if self._session is session:
-                    self._session = _Session()
-                out.append(
-                    CommandError(
-                        f"the cluster refused command {position} of {len(commands)}: "
-                        f"{result.error}; it was not applied",
-                        position,
-                        result.error,
-                    )
-                )
-            else:
-                out.append(result.result)
+        if not errors:
+            return results  # type: ignore[return-value]
+        # The usual reason is an expired session: later commands start a new one.
+        if self._session is session:
+            self._session = _Session()
+        out: list[bytes | CommandError] = list(results)
+        for position, error in errors.items():
+            out[position] = CommandError(
+                f"the cluster refused command {position} of {len(commands)}: "
+                f"{error}; it was not applied",
+                position,
+                error,
+            )
         return out
+
+    async def _send_applies(
+        self, session: _Session, numbers: range, commands: Sequence[bytes]
+    ) -> tuple[list[bytes], dict[int, str]]:
+        """Results, and the refused commands' reasons by position. Sent in the packed
+        form, unless a member older than it refused that form."""
+        if self._packed_applies:
+            request = caller_pb2.ApplyRequest(
+                client_id=session.client_id,
+                first_sequence=numbers.start,
+                ack_below=session.ack_below,
+                payloads=commands,
+            )
+            try:
+                response = await self._call("Apply", lambda stub: stub.Apply, request)
+                return list(response.packed_results), dict(response.errors)
+            except InvalidArgument as err:
+                if _OLD_MEMBER_REFUSAL not in str(err):
+                    raise
+                self._packed_applies = False  # nothing was applied: send it the old way
+        request = caller_pb2.ApplyRequest(
+            commands=[
+                caller_pb2.Command(
+                    client_id=session.client_id, sequence=n, ack_below=session.ack_below, payload=c
+                )
+                for n, c in zip(numbers, commands, strict=True)
+            ]
+        )
+        response = await self._call("Apply", lambda stub: stub.Apply, request)
+        errors = {i: r.error for i, r in enumerate(response.results) if r.error}
+        return [r.result for r in response.results], errors
 
     async def query(self, request: bytes, consistency: ConsistencyName = "linearizable") -> bytes:
         """Ask the Module a read-only question.

@@ -11,27 +11,48 @@ from __future__ import annotations
 import enum
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-# One command inside a NORMAL entry: client id, sequence, ack_below, payload length.
+# A NORMAL entry's data is a batch: a u32 count, then the commands' records, each
+# (client id, sequence, ack_below, payload length) and the payload.
 _COMMAND = struct.Struct("<QQQI")
 _COUNT = struct.Struct("<I")
 
 
-@dataclass(slots=True, frozen=True)
-class Command:
+class Command(NamedTuple):  # a tuple: one is made per command on every member
     client: int
     seq: int
     ack_below: int
     payload: bytes
 
 
+def encode_records(commands: Iterable[Command]) -> bytes:
+    """Commands as records, to be joined into a batch with join_records."""
+    pack = _COMMAND.pack
+    return b"".join([r for c in commands for r in (pack(c[0], c[1], c[2], len(c[3])), c[3])])
+
+
+def encode_run(client: int, first_seq: int, ack_below: int, payloads: Sequence[bytes]) -> bytes:
+    """Records of one session's commands numbered first_seq, first_seq + 1, ..."""
+    pack = _COMMAND.pack
+    return b"".join(
+        [
+            r
+            for seq, p in enumerate(payloads, first_seq)
+            for r in (pack(client, seq, ack_below, len(p)), p)
+        ]
+    )
+
+
+def join_records(records: Iterable[bytes], count: int) -> bytes:
+    """One batch from record strings holding `count` commands in all."""
+    return _COUNT.pack(count) + b"".join(records)
+
+
 def encode_batch(commands: list[Command]) -> bytes:
-    parts = [_COUNT.pack(len(commands))]
-    for c in commands:
-        parts.append(_COMMAND.pack(c.client, c.seq, c.ack_below, len(c.payload)))
-        parts.append(c.payload)
-    return b"".join(parts)
+    return join_records((encode_records(commands),), len(commands))
 
 
 def decode_batch(data: bytes) -> list[Command]:
@@ -39,10 +60,11 @@ def decode_batch(data: bytes) -> list[Command]:
         (count,) = _COUNT.unpack_from(data, 0)
         pos = _COUNT.size
         out = []
+        unpack, size, make = _COMMAND.unpack_from, _COMMAND.size, Command._make
         for _ in range(count):
-            client, seq, ack_below, n = _COMMAND.unpack_from(data, pos)
-            pos += _COMMAND.size
-            out.append(Command(client, seq, ack_below, data[pos : pos + n]))
+            client, seq, ack_below, n = unpack(data, pos)
+            pos += size
+            out.append(make((client, seq, ack_below, data[pos : pos + n])))
             pos += n
     except struct.error as err:
         raise ValueError(f"malformed command batch: {err}") from None

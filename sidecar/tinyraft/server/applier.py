@@ -15,7 +15,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tinyraft.core.sessions import Command, SessionTable, Verdict, decode_batch
@@ -32,12 +32,31 @@ MAGIC = b"TRS1"
 _LEN = struct.Struct("<Q")
 
 
-@dataclass(slots=True)
-class Result:
-    """The outcome of one command: the Module's bytes, or an error the cluster gives."""
+@dataclass(slots=True, frozen=True)
+class Refused:
+    """A command the cluster did not apply (its session is gone)."""
 
-    data: bytes = b""
-    error: str = ""
+    reason: str
+
+
+# The outcome of one command: the Module's result bytes, or why the cluster refused it.
+type Result = bytes | Refused
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a batch of committed entries asks of the Module, and how to answer."""
+
+    # Per entry: (index, term, answers); an answer is a Result, or an int: the command's
+    # slot in the Module's results.
+    answers: list[tuple[int, int, list[Result | int]]] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)  # the Module's commands: log indexes,
+    commands: list[bytes] = field(default_factory=list)  # payloads,
+    fresh: list[Command] = field(default_factory=list)  # and the commands themselves
+    # A retry committed in the same batch as its original: (answers, position, command),
+    # answered once the original's result is known.
+    repeats: list[tuple[list[Result | int], int, Command]] = field(default_factory=list)
+    count: int = 0
 
 
 def split_snapshot(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
@@ -152,12 +171,11 @@ class Applier:
         if not entries:
             return
         started = time.perf_counter()
-        plan, indexes, commands = self._plan(entries)
+        plan = self._plan(entries)
+        last = entries[-1].index
         while True:
             try:
-                results = await self.module.apply(
-                    self.applied, indexes, commands, entries[-1].index
-                )
+                results = await self.module.apply(self.applied, plan.indexes, plan.commands, last)
                 break
             except ModuleOutOfSync as err:
                 log.warning("the Module restarted or diverged (%s): rebuilding it", err)
@@ -172,50 +190,48 @@ class Applier:
                 await asyncio.sleep(0.2)
         self.m.metrics.apply_duration.observe(time.perf_counter() - started)
         self.module_ready = True
-        new: dict[tuple[int, int], bytes] = {}
-        for _, cmd, slot, _, _ in plan:
-            if slot >= 0:
-                new[(cmd.client, cmd.seq)] = results[slot]
-                self.sessions.fill(cmd, results[slot])
-        by_entry: dict[int, list[Result]] = {}
-        for index, cmd, slot, verdict, cached in plan:
-            if slot >= 0:
-                result = Result(results[slot])
-            elif verdict is Verdict.DUPLICATE:
-                # A duplicate of a command earlier in this batch saw a placeholder.
-                result = Result(new.get((cmd.client, cmd.seq), cached))
-            else:
-                result = Result(error=f"session {verdict.value}: start a new Caller session")
-            by_entry.setdefault(index, []).append(result)
-        self.m.metrics.proposals_applied.inc(len(plan))
-        self._advance(entries[-1].index)
+        fill = self.sessions.fill
+        for cmd, result in zip(plan.fresh, results, strict=True):
+            fill(cmd, result)
+        if plan.repeats:
+            done = {(c.client, c.seq): r for c, r in zip(plan.fresh, results, strict=True)}
+            for answers, pos, cmd in plan.repeats:
+                answers[pos] = done.get((cmd.client, cmd.seq), answers[pos])
+        self.m.metrics.proposals_applied.inc(plan.count)
+        self._advance(last)
         if answer:
-            for e in entries:
-                self.m.entry_applied(e.index, e.term, by_entry.get(e.index, []))
+            m = self.m
+            for index, term, answers in plan.answers:
+                if m.is_waiting(index):  # only the leader has callers to answer
+                    out = [results[a] if type(a) is int else a for a in answers]
+                    m.entry_applied(index, term, out)  # type: ignore[arg-type]
 
-    def _plan(
-        self, entries: list[Entry]
-    ) -> tuple[list[tuple[int, Command, int, Verdict, bytes]], list[int], list[bytes]]:
+    def _plan(self, entries: list[Entry]) -> _Plan:
         """Run the session table over the batch exactly as if each command were applied
         on its own (so every member reaches the same table, however it batches), noting
-        which commands the Module must apply (their log indexes and payloads). Results
-        are filled in afterwards."""
-        plan: list[tuple[int, Command, int, Verdict, bytes]] = []
-        indexes: list[int] = []
-        commands: list[bytes] = []
+        which commands the Module must apply. Results are filled in afterwards."""
+        plan = _Plan()
+        check, record = self.sessions.check, self.sessions.record
         for e in entries:
+            answers: list[Result | int] = []
+            plan.answers.append((e.index, e.term, answers))
             if e.kind is not EntryKind.NORMAL or not e.data:
                 continue
             for cmd in decode_batch(e.data):
-                verdict, cached = self.sessions.check(cmd, e.index)
+                verdict, cached = check(cmd, e.index)
                 if verdict is Verdict.NEW:
-                    self.sessions.record(cmd, e.index, b"")
-                    plan.append((e.index, cmd, len(commands), verdict, b""))
-                    indexes.append(e.index)
-                    commands.append(cmd.payload)
+                    record(cmd, e.index, b"")
+                    answers.append(len(plan.commands))
+                    plan.indexes.append(e.index)
+                    plan.commands.append(cmd.payload)
+                    plan.fresh.append(cmd)
+                elif verdict is Verdict.DUPLICATE:
+                    plan.repeats.append((answers, len(answers), cmd))
+                    answers.append(cached)
                 else:
-                    plan.append((e.index, cmd, -1, verdict, cached))
-        return plan, indexes, commands
+                    answers.append(Refused(f"session {verdict.value}: start a new Caller session"))
+            plan.count += len(answers)
+        return plan
 
     # -- snapshots -----------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tinyraft.core.raft import Options, Raft
-from tinyraft.core.sessions import Command, encode_batch
+from tinyraft.core.sessions import join_records
 from tinyraft.core.types import (
     AppendEntries,
     AppendResponse,
@@ -99,7 +99,8 @@ class Member:
             self.options(), random.Random(), recovered.hard_state, snap, recovered.entries
         )
         self._kick = asyncio.Event()
-        self._pending: list[tuple[list[Command], asyncio.Future[list[Result]]]] = []
+        # (command records, how many commands, the caller's future), in arrival order
+        self._pending: list[tuple[bytes, int, asyncio.Future[list[Result]]]] = []
         self._pending_count = 0
         self._waiters: dict[int, _Waiter] = {}
         self._reads: dict[int, asyncio.Future[int]] = {}
@@ -282,23 +283,24 @@ class Member:
 
     # -- proposals ---------------------------------------------------------------------
 
-    async def submit(self, commands: list[Command]) -> list[Result]:
-        """Replicate and apply commands (leader only). Raises Unavailable / Overloaded."""
+    async def submit(self, records: bytes, count: int) -> list[Result]:
+        """Replicate and apply `count` commands, encoded as records (sessions'
+        encode_records / encode_run); leader only. Raises Unavailable / Overloaded."""
         core = self.core
         if core.role is not Role.LEADER:
             raise Unavailable("not the leader", self.leader_address())
-        if self._pending_count + len(commands) > self.cfg.max_pending:
+        if self._pending_count + count > self.cfg.max_pending:
             self.metrics.proposals_failed.labels("overloaded").inc()
             raise Overloaded(f"more than {self.cfg.max_pending} commands pending; back off")
         fut: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        self._pending.append((commands, fut))
-        self._pending_count += len(commands)
+        self._pending.append((records, count, fut))
+        self._pending_count += count
         self.metrics.proposals_pending.set(self._pending_count)
         self.kick()
         try:
             return await fut
         finally:
-            self._pending_count -= len(commands)
+            self._pending_count -= count
 
     def _propose_pending(self) -> None:
         if not self._pending:
@@ -306,24 +308,30 @@ class Member:
         pending, self._pending = self._pending, []
         core = self.core
         now = time.perf_counter()
-        while pending:
-            size = 0
-            group: list[tuple[list[Command], asyncio.Future[list[Result]]]] = []
-            cmds: list[Command] = []
-            while pending and (not group or size + _size(pending[0][0]) <= MAX_ENTRY_BYTES):
-                item = pending.pop(0)
-                group.append(item)
-                cmds.extend(item[0])
-                size += _size(item[0])
+        start = 0
+        while start < len(pending):
+            end, size, count = start, 0, 0
+            while end < len(pending) and (
+                end == start or size + len(pending[end][0]) <= MAX_ENTRY_BYTES
+            ):
+                size += len(pending[end][0])
+                count += pending[end][1]
+                end += 1
+            group = pending[start:end]
+            start = end
             try:
-                index = core.propose(encode_batch(cmds))
+                index = core.propose(join_records([r for r, _, _ in group], count))
             except ProposalError as err:
                 self.metrics.proposals_failed.labels(type(err).__name__).inc()
-                for _, fut in group:
+                for _, _, fut in group:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
-            self._waiters[index] = _Waiter(core.term, now, [(fut, len(c)) for c, fut in group])
+            self._waiters[index] = _Waiter(core.term, now, [(fut, n) for _, n, fut in group])
+
+    def is_waiting(self, index: int) -> bool:
+        """Whether callers wait for the results of the entry at index."""
+        return index in self._waiters
 
     def entry_applied(self, index: int, term: int, results: list[Result]) -> None:
         waiter = self._waiters.pop(index, None)
@@ -554,7 +562,3 @@ class Member:
     def last_contact(self, member: str) -> float | None:
         t = self._last_contact.get(member)
         return None if t is None else time.monotonic() - t
-
-
-def _size(commands: list[Command]) -> int:
-    return sum(len(c.payload) + 28 for c in commands)

@@ -11,7 +11,7 @@ from typing import NoReturn
 import grpc
 
 import tinyraft
-from tinyraft.core.sessions import Command
+from tinyraft.core.sessions import Command, encode_records, encode_run
 from tinyraft.core.types import (
     ConfigChangeRefused,
     NotLeader,
@@ -19,6 +19,7 @@ from tinyraft.core.types import (
     Role,
     TooManyUncommitted,
 )
+from tinyraft.server.applier import Refused
 from tinyraft.server.config import parse_address, parse_member_id
 from tinyraft.server.member import Member, Overloaded, Unavailable
 from tinyraft.server.module_client import ModuleOutOfSync
@@ -101,48 +102,81 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         m = self.m
         if not m.started:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "this member is starting; retry")
-        if not request.commands:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "commands: at least one command is required",
+        records, count = await self._records(request, context)
+        if m.core.role is not Role.LEADER:
+            return await self._forward(request, records, count, context)
+        return await self._submit(request, records, count, context)
+
+    async def _records(
+        self, request: cpb.ApplyRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[bytes, int]:
+        """Check a request's commands (either form) and encode them for the log."""
+        limit = self.m.cfg.max_command_bytes
+
+        async def refuse(message: str) -> NoReturn:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
+
+        def too_big(field: str, size: int) -> str:
+            return f"{field}: {size} bytes is over the {limit}-byte limit (RAFT_MAX_COMMAND_BYTES)"
+
+        if request.payloads:
+            if request.commands:
+                await refuse("commands and payloads: send one form or the other, not both")
+            if request.client_id == 0 or request.first_sequence == 0:
+                await refuse("client_id and first_sequence must be non-zero (use a Caller session)")
+            payloads = request.payloads
+            sizes = list(map(len, payloads))
+            if max(sizes) > limit:
+                i = next(i for i, n in enumerate(sizes) if n > limit)
+                await refuse(too_big(f"payloads[{i}]", sizes[i]))
+            records = encode_run(
+                request.client_id, request.first_sequence, request.ack_below, payloads
             )
-        limit = m.cfg.max_command_bytes
+            return records, len(payloads)
+        if not request.commands:
+            await refuse("commands or payloads: at least one command is required")
         commands = []
         for i, c in enumerate(request.commands):
             if c.client_id == 0 or c.sequence == 0:
-                await _abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"commands[{i}]: client_id and sequence must be non-zero (use a Caller session)",
+                await refuse(
+                    f"commands[{i}]: client_id and sequence must be non-zero (use a Caller session)"
                 )
             if len(c.payload) > limit:
-                await _abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"commands[{i}].payload: {len(c.payload)} bytes is over the {limit}-byte limit "
-                    "(RAFT_MAX_COMMAND_BYTES)",
-                )
+                await refuse(too_big(f"commands[{i}].payload", len(c.payload)))
             commands.append(Command(c.client_id, c.sequence, c.ack_below, c.payload))
-        if m.core.role is not Role.LEADER:
-            return await self._forward(request, commands, context)
-        return await self._submit(commands, context)
+        return encode_records(commands), len(commands)
 
     async def _submit(
-        self, commands: list[Command], context: grpc.aio.ServicerContext
+        self,
+        request: cpb.ApplyRequest,
+        records: bytes,
+        count: int,
+        context: grpc.aio.ServicerContext,
     ) -> cpb.ApplyResponse:
+        """Replicate and apply; answer in the form the request came in."""
         try:
-            results = await self.m.submit(commands)
+            results = await self.m.submit(records, count)
         except Exception as err:
             await _fail(context, err)
+        if request.payloads:
+            return cpb.ApplyResponse(
+                packed_results=[r if type(r) is bytes else b"" for r in results],
+                errors={i: r.reason for i, r in enumerate(results) if type(r) is Refused},
+            )
         return cpb.ApplyResponse(
-            results=[cpb.CommandResult(result=r.data, error=r.error) for r in results]
+            results=[
+                cpb.CommandResult(result=r)
+                if type(r) is bytes
+                else cpb.CommandResult(error=r.reason)  # type: ignore[union-attr]
+                for r in results
+            ]
         )
 
     async def _forward(
         self,
         request: cpb.ApplyRequest,
-        commands: list[Command],
+        records: bytes,
+        count: int,
         context: grpc.aio.ServicerContext,
     ) -> cpb.ApplyResponse:
         """Forward to the leader. During an election (no leader known, or the one we
@@ -155,7 +189,7 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         deadline = time.monotonic() + min(remaining * HOLD_SHARE, m.cfg.election_ms * 4 / 1000)
         while True:
             if m.core.role is Role.LEADER:
-                return await self._submit(commands, context)
+                return await self._submit(request, records, count, context)
             target = self._leader_stub()
             if target is not None:
                 stub, address = target

@@ -29,10 +29,18 @@ class Command(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., sequence: _Optional[int] = ..., ack_below: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("commands",)
+    __slots__ = ("commands", "client_id", "first_sequence", "ack_below", "payloads")
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ACK_BELOW_FIELD_NUMBER: _ClassVar[int]
+    PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     commands: _containers.RepeatedCompositeFieldContainer[Command]
-    def __init__(self, commands: _Optional[_Iterable[_Union[Command, _Mapping]]] = ...) -> None: ...
+    client_id: int
+    first_sequence: int
+    ack_below: int
+    payloads: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, commands: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., client_id: _Optional[int] = ..., first_sequence: _Optional[int] = ..., ack_below: _Optional[int] = ..., payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("result", "index", "error")
@@ -45,10 +53,21 @@ class CommandResult(_message.Message):
     def __init__(self, result: _Optional[bytes] = ..., index: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "packed_results", "errors")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[CommandResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[CommandResult, _Mapping]]] = ...) -> None: ...
+    packed_results: _containers.RepeatedScalarFieldContainer[bytes]
+    errors: _containers.ScalarMap[int, str]
+    def __init__(self, results: _Optional[_Iterable[_Union[CommandResult, _Mapping]]] = ..., packed_results: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
     __slots__ = ("request", "consistency")
