@@ -87,6 +87,24 @@ def test_two_members_fed_the_same_entries_decide_the_same(cmds: list[Command]) -
     assert one.sessions.encode() == two.sessions.encode() and one.value == two.value
 
 
+@given(commands, st.lists(st.integers(1, 3), min_size=60, max_size=60))
+def test_admitting_a_batch_decides_as_checking_and_recording_each_command(
+    cmds: list[Command], entry_sizes: list[int]
+) -> None:
+    """The sidecar admits a batch of entries (several commands per log index), then
+    fills in results; a table fed one command at a time must end up the same."""
+    batch, one_by_one = SessionTable(3, 10), SessionTable(3, 10)
+    indexes = [i for i, n in enumerate(entry_sizes, 1) for _ in range(n)][: len(cmds)]
+    for cmd, index in zip(cmds, indexes, strict=True):
+        verdict, cached = one_by_one.check(cmd, index)
+        if verdict is Verdict.NEW:
+            one_by_one.record(cmd, index, b"r%d" % index)
+        assert batch.admit(cmd, index) == (verdict, cached)
+        if verdict is Verdict.NEW:
+            batch.fill(cmd, b"r%d" % index)
+    assert batch.encode() == one_by_one.encode()
+
+
 @given(commands, commands)
 def test_sessions_survive_a_snapshot(before: list[Command], after: list[Command]) -> None:
     live = Counter(max_sessions=3, ttl_entries=10)

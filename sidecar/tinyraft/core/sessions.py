@@ -93,17 +93,31 @@ class SessionTable:
         self.ttl_entries = ttl_entries
         self._sessions: OrderedDict[int, _Session] = OrderedDict()  # least recently active first
         self._tombstones: OrderedDict[int, None] = OrderedDict()  # forgotten clients, oldest first
+        self._expired_at = -1  # the log index sessions were last expired at
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def check(self, cmd: Command, index: int) -> tuple[Verdict, bytes]:
         """What to do with a committed command at log `index`."""
-        self._expire(index)
+        return self._judge(cmd, index, False)
+
+    def admit(self, cmd: Command, index: int) -> tuple[Verdict, bytes]:
+        """check(), and a NEW command is recorded at once with its result to come
+        (fill): how a member runs a whole batch through the table before the Module
+        applies it, in one pass."""
+        return self._judge(cmd, index, True)
+
+    def _judge(self, cmd: Command, index: int, admit: bool) -> tuple[Verdict, bytes]:
+        if index != self._expired_at:  # expiry depends on the index alone: once per entry
+            self._expire(index)
+            self._expired_at = index
         s = self._sessions.get(cmd.client)
         if s is None:
             if cmd.ack_below > 1 or cmd.client in self._tombstones:
                 return Verdict.EXPIRED, b""
+            if admit:
+                self.record(cmd, index, b"")
             return Verdict.NEW, b""
         self._sessions.move_to_end(cmd.client)
         s.last_index = index
@@ -116,6 +130,8 @@ class SessionTable:
             return Verdict.DUPLICATE, cached
         if cmd.seq < s.acked:
             return Verdict.STALE, b""
+        if admit:
+            s.results[cmd.seq] = b""
         return Verdict.NEW, b""
 
     def record(self, cmd: Command, index: int, result: bytes) -> None:
@@ -167,6 +183,7 @@ class SessionTable:
     def restore(self, data: bytes) -> None:
         self._sessions = OrderedDict()
         self._tombstones = OrderedDict()
+        self._expired_at = -1
         (count,) = _COUNT.unpack_from(data, 0)
         pos = _COUNT.size
         for _ in range(count):

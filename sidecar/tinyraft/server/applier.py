@@ -211,16 +211,15 @@ class Applier:
         on its own (so every member reaches the same table, however it batches), noting
         which commands the Module must apply. Results are filled in afterwards."""
         plan = _Plan()
-        check, record = self.sessions.check, self.sessions.record
+        admit = self.sessions.admit
         for e in entries:
             answers: list[Result | int] = []
             plan.answers.append((e.index, e.term, answers))
             if e.kind is not EntryKind.NORMAL or not e.data:
                 continue
             for cmd in decode_batch(e.data):
-                verdict, cached = check(cmd, e.index)
+                verdict, cached = admit(cmd, e.index)
                 if verdict is Verdict.NEW:
-                    record(cmd, e.index, b"")
                     answers.append(len(plan.commands))
                     plan.indexes.append(e.index)
                     plan.commands.append(cmd.payload)
