@@ -148,7 +148,8 @@ class PeerTransport:
         self.credentials = channel_credentials
         self._links: dict[str, _Link] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._return_paths: dict[str, asyncio.Queue[pb.MessageBatch]] = {}
+        # Answers to a peer whose stream reached us go back on that stream (None: closed).
+        self._return_paths: dict[str, asyncio.Queue[pb.MessageBatch | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.faults = FaultFile.from_env()
 
@@ -285,28 +286,26 @@ class _PeerService(peer_pb2_grpc.PeerServicer):
     async def Stream(
         self, request_iterator: AsyncIterator[pb.MessageBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.MessageBatch]:
-        back: asyncio.Queue[pb.MessageBatch] = asyncio.Queue()
+        back: asyncio.Queue[pb.MessageBatch | None] = asyncio.Queue()
         peer: str | None = None
 
         async def read() -> None:
             nonlocal peer
-            async for batch in request_iterator:
-                if batch.cluster_id != self.t.handler.cluster_id:
-                    break
-                if peer is None and batch.messages:
-                    peer = batch.messages[0].src
-                    self.t._return_paths[peer] = back
-                self.t.receive(batch)
+            try:
+                async for batch in request_iterator:
+                    if batch.cluster_id != self.t.handler.cluster_id:
+                        break
+                    if peer is None and batch.messages:
+                        peer = batch.messages[0].src
+                        self.t._return_paths[peer] = back
+                    self.t.receive(batch)
+            finally:
+                back.put_nowait(None)  # the stream is over: so is the way back
 
         reader = asyncio.create_task(read())
         try:
-            while not reader.done():
-                getter = asyncio.ensure_future(back.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                else:
-                    getter.cancel()
+            while (batch := await back.get()) is not None:
+                yield batch
         finally:
             reader.cancel()
             if peer is not None and self.t._return_paths.get(peer) is back:
