@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,6 +21,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def _last_json(cmd: list[str]) -> dict[str, object]:
+    # Flush what the previous run left in the page cache first: PySyncObj's journal is
+    # written but never synced, and the kernel's writeback of it would land in the
+    # next run's fsyncs.
+    os.sync()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 

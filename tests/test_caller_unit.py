@@ -103,15 +103,19 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
             results=[caller_pb2.CommandResult(result=r, error=e) for r, e in results]
         )
 
+    packs_answers = True  # False: a member from before the packed QueryBatch answer
+
     async def QueryBatch(self, request, context):
         self.queries.append(request)
         name = caller_pb2.Consistency.Name(request.consistency).encode()
+        answers = [b"" if q == b"bad" else q + b"@" + name for q in request.requests]
+        errors = {i: "no such question" for i, q in enumerate(request.requests) if q == b"bad"}
+        if request.packed and self.packs_answers:
+            return caller_pb2.QueryBatchResponse(answers=answers, errors=errors)
         return caller_pb2.QueryBatchResponse(
             results=[
-                caller_pb2.QueryResult(error="no such question")
-                if q == b"bad"
-                else caller_pb2.QueryResult(answer=q + b"@" + name)
-                for q in request.requests
+                caller_pb2.QueryResult(answer=a, error=errors.get(i, ""))
+                for i, a in enumerate(answers)
             ]
         )
 
@@ -413,9 +417,11 @@ async def test_query_and_status():
         )
 
 
+@pytest.mark.parametrize("packs_answers", [True, False], ids=["packed", "older member"])
 @async_test
-async def test_concurrent_queries_share_requests_and_keep_their_own_answers():
+async def test_concurrent_queries_share_requests_and_keep_their_own_answers(packs_answers):
     async with members(1) as (member,), Caller(member.address, retry=FAST) as caller:
+        member.packs_answers = packs_answers
         questions = [f"q{i}".encode() for i in range(200)]
         answers = await asyncio.gather(*(caller.query(q, "lease") for q in questions))
         assert answers == [q + b"@CONSISTENCY_LEASE" for q in questions]

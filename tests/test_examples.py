@@ -17,9 +17,11 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tinyraft.examples.cli import main_example
-from tinyraft.examples.kv import KvModule
+from tinyraft.examples.kv import KvModule, _dump
 from tinyraft.examples.wordtracker import WordTrackerModule
 from tinyraft.module import Module, serve_module
 from tinyraft.v1 import module_pb2 as pb
@@ -106,6 +108,15 @@ def test_kv_put_cas_and_get_speak_exactly_the_documented_format() -> None:
             assert json.loads(answer.decode("utf-8")) == {"value": "värde ✓"}
 
     asyncio.run(scenario())
+
+
+@given(st.text(), st.one_of(st.none(), st.text()))
+def test_kv_get_answers_are_the_canonical_json_of_the_value(key: str, value: str | None) -> None:
+    module = KvModule()
+    if value is not None:
+        module.data[key] = value
+    answer = module.query(json.dumps({"op": "get", "key": key}).encode())
+    assert answer == _dump({"value": value})  # byte for byte, as every replica answers
 
 
 @pytest.mark.parametrize(

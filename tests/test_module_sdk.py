@@ -219,6 +219,14 @@ async def test_query_batch_answers_each_question_and_refuses_only_the_bad_one() 
             (b"", "unknown query what"),
             (b"2", ""),
         ]
+        packed = await stub.QueryBatch(  # the form the sidecar asks for
+            pb.ModuleQueryBatchRequest(
+                requests=[b"len", b"what", b"len"], min_index=2, packed=True
+            ),
+            timeout=TIMEOUT,
+        )
+        assert not packed.results and list(packed.answers) == [b"2", b"", b"2"]
+        assert dict(packed.errors) == {1: "unknown query what"}
         with pytest.raises(grpc.aio.AioRpcError) as behind:
             await stub.QueryBatch(
                 pb.ModuleQueryBatchRequest(requests=[b"len"], min_index=3), timeout=TIMEOUT
@@ -253,9 +261,9 @@ async def test_the_sidecar_speaks_the_older_contract_to_a_module_written_for_it(
         await client.info()
         assert await client.apply(0, [1, 1, 2], [b"a", b"b", b"c"], 2) == [b"1:a", b"1:b", b"2:c"]
         for _ in range(2):  # the second time, straight to Query
-            answers = await client.query_batch([b"a", b"what", b"b"], TIMEOUT, 0)
-            assert answers == [(b"answer to a", ""), (b"", "unknown query what"),
-                               (b"answer to b", "")]  # fmt: skip
+            answers, errors = await client.query_batch([b"a", b"what", b"b"], TIMEOUT, 0)
+            assert answers == [b"answer to a", b"", b"answer to b"]
+            assert errors == {1: "unknown query what"}
     finally:
         await client.close()
         await server.stop(None)

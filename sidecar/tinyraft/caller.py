@@ -341,7 +341,7 @@ class Caller:
         """One QueryBatchRequest: every answer from the same state."""
         if not self._batch_queries:
             return list(await asyncio.gather(*(self._query_one(r, level) for r in requests)))
-        message = caller_pb2.QueryBatchRequest(requests=requests, consistency=level)
+        message = caller_pb2.QueryBatchRequest(requests=requests, consistency=level, packed=True)
         try:
             response = await self._call("Query", lambda stub: stub.QueryBatch, message)
         except TinyraftError as err:
@@ -349,21 +349,24 @@ class Caller:
                 raise
             self._batch_queries = False  # a member older than QueryBatch: one by one
             return await self._query_request(requests, level)
-        if len(response.results) != len(requests):
+        if response.results:  # a member that does not know the packed form
+            answers = [r.answer for r in response.results]
+            errors = {i: r.error for i, r in enumerate(response.results) if r.error}
+        else:
+            answers, errors = list(response.answers), dict(response.errors)
+        if len(answers) != len(requests):
             raise TinyraftError(
-                f"the cluster answered {len(response.results)} results for {len(requests)} "
+                f"the cluster answered {len(answers)} results for {len(requests)} "
                 "queries; the member runs an incompatible tinyraft version"
             )
-        return [
-            InvalidArgument(
-                f"Query rejected: the Module refused the query: {r.error}; fix the request: "
+        out: list[bytes | TinyraftError] = list(answers)
+        for position, error in errors.items():
+            out[position] = InvalidArgument(
+                f"Query rejected: the Module refused the query: {error}; fix the request: "
                 "retrying it will not help",
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
-            if r.error
-            else r.answer
-            for r in response.results
-        ]
+        return out
 
     async def _query_one(
         self, request: bytes, level: caller_pb2.Consistency

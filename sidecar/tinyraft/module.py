@@ -218,13 +218,22 @@ class ModuleServicer(pb_grpc.ModuleServicer):
     async def QueryBatch(self, request: Any, context: Any) -> pb.ModuleQueryBatchResponse:
         await self._check_min_index(request.min_index, context)
         query = self.module.query
-        results = []
-        for question in request.requests:
+        answers: list[bytes] = []
+        errors: dict[int, str] = {}
+        for position, question in enumerate(request.requests):
             try:
-                results.append(pb.ModuleQueryResult(answer=query(question)))
+                answers.append(query(question))
             except Exception as exc:  # this question only: the others still get answers
-                results.append(pb.ModuleQueryResult(error=str(exc) or type(exc).__name__))
-        return pb.ModuleQueryBatchResponse(results=results)
+                errors[position] = str(exc) or type(exc).__name__
+                answers.append(b"")
+        if request.packed:
+            return pb.ModuleQueryBatchResponse(answers=answers, errors=errors)
+        return pb.ModuleQueryBatchResponse(
+            results=[
+                pb.ModuleQueryResult(answer=a, error=errors.get(i, ""))
+                for i, a in enumerate(answers)
+            ]
+        )
 
     async def Snapshot(self, request: Any, context: Any) -> None:
         # context.write rather than an async generator: if the reader goes away, the

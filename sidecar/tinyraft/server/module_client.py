@@ -92,13 +92,16 @@ class ModuleClient:
 
     async def query_batch(
         self, requests: list[bytes], timeout: float, min_index: int
-    ) -> list[tuple[bytes, str]]:
-        """(answer, error) per request, from one state. Raises ModuleOutOfSync like
-        query(); a Module without QueryBatch is asked each question with Query."""
+    ) -> tuple[list[bytes], dict[int, str]]:
+        """Answers, one per request, from one state, and the refused ones' reasons by
+        position. Raises ModuleOutOfSync like query(); a Module without QueryBatch is
+        asked each question with Query."""
         if self._batch_queries:
             try:
                 reply = await self.stub.QueryBatch(
-                    mpb.ModuleQueryBatchRequest(requests=requests, min_index=min_index),
+                    mpb.ModuleQueryBatchRequest(
+                        requests=requests, min_index=min_index, packed=True
+                    ),
                     timeout=timeout,
                 )
             except grpc.aio.AioRpcError as err:
@@ -108,15 +111,19 @@ class ModuleClient:
                     raise
                 self._batch_queries = False
             else:
-                if len(reply.results) != len(requests):
+                if reply.results:  # a Module that does not know the packed form
+                    answers = [r.answer for r in reply.results]
+                    errors = {i: r.error for i, r in enumerate(reply.results) if r.error}
+                else:
+                    answers, errors = list(reply.answers), dict(reply.errors)
+                if len(answers) != len(requests):
                     raise ModuleUnavailable(
-                        f"the Module at {self.address} returned {len(reply.results)} answers "
+                        f"the Module at {self.address} returned {len(answers)} answers "
                         f"for {len(requests)} questions; it must return exactly one per question"
                     )
-                return [(bytes(r.answer), r.error) for r in reply.results]
-        return list(
-            await asyncio.gather(*(self._query_one(r, timeout, min_index) for r in requests))
-        )
+                return answers, errors
+        pairs = await asyncio.gather(*(self._query_one(r, timeout, min_index) for r in requests))
+        return [a for a, _ in pairs], {i: e for i, (_, e) in enumerate(pairs) if e}
 
     async def _query_one(self, request: bytes, timeout: float, min_index: int) -> tuple[bytes, str]:
         try:

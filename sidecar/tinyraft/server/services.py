@@ -217,12 +217,14 @@ class CallerService(caller_pb2_grpc.CallerServicer):
     async def Query(
         self, request: cpb.QueryRequest, context: grpc.aio.ServicerContext
     ) -> cpb.QueryResponse:
-        applied, [(answer, error)] = await self._read(
+        applied, [answer], errors = await self._read(
             [request.request], request.consistency, context
         )
-        if error:
+        if errors:
             await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"the Module refused the query: {error}"
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the Module refused the query: {errors[0]}",
             )
         return cpb.QueryResponse(answer=answer, applied_index=applied)
 
@@ -233,15 +235,21 @@ class CallerService(caller_pb2_grpc.CallerServicer):
             await _abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "requests: at least one is required"
             )
-        applied, answers = await self._read(list(request.requests), request.consistency, context)
+        applied, answers, errors = await self._read(
+            list(request.requests), request.consistency, context
+        )
+        if request.packed:
+            return cpb.QueryBatchResponse(answers=answers, errors=errors, applied_index=applied)
         return cpb.QueryBatchResponse(
-            results=[cpb.QueryResult(answer=a, error=e) for a, e in answers],
+            results=[
+                cpb.QueryResult(answer=a, error=errors.get(i, "")) for i, a in enumerate(answers)
+            ],
             applied_index=applied,
         )
 
     async def _read(
         self, requests: list[bytes], consistency: int, context: grpc.aio.ServicerContext
-    ) -> tuple[int, list[tuple[bytes, str]]]:
+    ) -> tuple[int, list[bytes], dict[int, str]]:
         """Answers from one state at least as new as the consistency asks: one ReadIndex
         round and one Module call, however many questions."""
         m = self.m
@@ -254,7 +262,7 @@ class CallerService(caller_pb2_grpc.CallerServicer):
                 index = await m.read_index(lease, timeout)
                 await asyncio.wait_for(m.applier.wait_applied(index), timeout)
             applied = m.applier.applied
-            return applied, await m.module.query_batch(requests, timeout, applied)
+            return applied, *await m.module.query_batch(requests, timeout, applied)
         except TimeoutError:
             await _abort(
                 context, grpc.StatusCode.DEADLINE_EXCEEDED, "the read did not complete in time"

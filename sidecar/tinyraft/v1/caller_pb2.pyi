@@ -86,12 +86,14 @@ class QueryResponse(_message.Message):
     def __init__(self, answer: _Optional[bytes] = ..., applied_index: _Optional[int] = ...) -> None: ...
 
 class QueryBatchRequest(_message.Message):
-    __slots__ = ("requests", "consistency")
+    __slots__ = ("requests", "consistency", "packed")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedScalarFieldContainer[bytes]
     consistency: Consistency
-    def __init__(self, requests: _Optional[_Iterable[bytes]] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+    packed: bool
+    def __init__(self, requests: _Optional[_Iterable[bytes]] = ..., consistency: _Optional[_Union[Consistency, str]] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class QueryResult(_message.Message):
     __slots__ = ("answer", "error")
@@ -102,12 +104,23 @@ class QueryResult(_message.Message):
     def __init__(self, answer: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
 
 class QueryBatchResponse(_message.Message):
-    __slots__ = ("results", "applied_index")
+    __slots__ = ("results", "applied_index", "answers", "errors")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[QueryResult]
     applied_index: int
-    def __init__(self, results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ..., applied_index: _Optional[int] = ...) -> None: ...
+    answers: _containers.RepeatedScalarFieldContainer[bytes]
+    errors: _containers.ScalarMap[int, str]
+    def __init__(self, results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ..., applied_index: _Optional[int] = ..., answers: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tinyraft/v1/module.proto\x12\x0btinyraft.v1\"-\n\x0bModuleEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\x0c\"\x8a\x01\n\x11\x41pplyBatchRequest\x12\x13\n\x0b\x61\x66ter_index\x18\x01 \x01(\x04\x12)\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x18.tinyraft.v1.ModuleEntry\x12\x12\n\nlast_index\x18\x03 \x01(\x04\x12\x10\n\x08\x63ommands\x18\x04 \x03(\x0c\x12\x0f\n\x07indexes\x18\x05 \x03(\x04\"\x1d\n\x0b\x41pplyResult\x12\x0e\n\x06result\x18\x01 \x01(\x0c\"W\n\x12\x41pplyBatchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.tinyraft.v1.ApplyResult\x12\x16\n\x0epacked_results\x18\x02 \x03(\x0c\"8\n\x12ModuleQueryRequest\x12\x0f\n\x07request\x18\x01 \x01(\x0c\x12\x11\n\tmin_index\x18\x02 \x01(\x04\"%\n\x13ModuleQueryResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\">\n\x17ModuleQueryBatchRequest\x12\x10\n\x08requests\x18\x01 \x03(\x0c\x12\x11\n\tmin_index\x18\x02 \x01(\x04\"2\n\x11ModuleQueryResult\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"K\n\x18ModuleQueryBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.tinyraft.v1.ModuleQueryResult\"\x17\n\x15ModuleSnapshotRequest\"2\n\x13ModuleSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\"+\n\x0cRestoreChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\"\x11\n\x0fRestoreResponse\"\r\n\x0bInfoRequest\"P\n\x0cInfoResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x14\n\x0cpacked_apply\x18\x03 \x01(\x08\x32\xd0\x03\n\x06Module\x12H\n\x05\x41pply\x12\x1e.tinyraft.v1.ApplyBatchRequest\x1a\x1f.tinyraft.v1.ApplyBatchResponse\x12J\n\x05Query\x12\x1f.tinyraft.v1.ModuleQueryRequest\x1a .tinyraft.v1.ModuleQueryResponse\x12Y\n\nQueryBatch\x12$.tinyraft.v1.ModuleQueryBatchRequest\x1a%.tinyraft.v1.ModuleQueryBatchResponse\x12R\n\x08Snapshot\x12\".tinyraft.v1.ModuleSnapshotRequest\x1a .tinyraft.v1.ModuleSnapshotChunk0\x01\x12\x44\n\x07Restore\x12\x19.tinyraft.v1.RestoreChunk\x1a\x1c.tinyraft.v1.RestoreResponse(\x01\x12;\n\x04Info\x12\x18.tinyraft.v1.InfoRequest\x1a\x19.tinyraft.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tinyraft/v1/module.proto\x12\x0btinyraft.v1\"-\n\x0bModuleEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\x0c\"\x8a\x01\n\x11\x41pplyBatchRequest\x12\x13\n\x0b\x61\x66ter_index\x18\x01 \x01(\x04\x12)\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x18.tinyraft.v1.ModuleEntry\x12\x12\n\nlast_index\x18\x03 \x01(\x04\x12\x10\n\x08\x63ommands\x18\x04 \x03(\x0c\x12\x0f\n\x07indexes\x18\x05 \x03(\x04\"\x1d\n\x0b\x41pplyResult\x12\x0e\n\x06result\x18\x01 \x01(\x0c\"W\n\x12\x41pplyBatchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.tinyraft.v1.ApplyResult\x12\x16\n\x0epacked_results\x18\x02 \x03(\x0c\"8\n\x12ModuleQueryRequest\x12\x0f\n\x07request\x18\x01 \x01(\x0c\x12\x11\n\tmin_index\x18\x02 \x01(\x04\"%\n\x13ModuleQueryResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\"N\n\x17ModuleQueryBatchRequest\x12\x10\n\x08requests\x18\x01 \x03(\x0c\x12\x11\n\tmin_index\x18\x02 \x01(\x04\x12\x0e\n\x06packed\x18\x03 \x01(\x08\"2\n\x11ModuleQueryResult\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xce\x01\n\x18ModuleQueryBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.tinyraft.v1.ModuleQueryResult\x12\x0f\n\x07\x61nswers\x18\x02 \x03(\x0c\x12\x41\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x31.tinyraft.v1.ModuleQueryBatchResponse.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x15ModuleSnapshotRequest\"2\n\x13ModuleSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\"+\n\x0cRestoreChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\"\x11\n\x0fRestoreResponse\"\r\n\x0bInfoRequest\"P\n\x0cInfoResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x14\n\x0cpacked_apply\x18\x03 \x01(\x08\x32\xd0\x03\n\x06Module\x12H\n\x05\x41pply\x12\x1e.tinyraft.v1.ApplyBatchRequest\x1a\x1f.tinyraft.v1.ApplyBatchResponse\x12J\n\x05Query\x12\x1f.tinyraft.v1.ModuleQueryRequest\x1a .tinyraft.v1.ModuleQueryResponse\x12Y\n\nQueryBatch\x12$.tinyraft.v1.ModuleQueryBatchRequest\x1a%.tinyraft.v1.ModuleQueryBatchResponse\x12R\n\x08Snapshot\x12\".tinyraft.v1.ModuleSnapshotRequest\x1a .tinyraft.v1.ModuleSnapshotChunk0\x01\x12\x44\n\x07Restore\x12\x19.tinyraft.v1.RestoreChunk\x1a\x1c.tinyraft.v1.RestoreResponse(\x01\x12;\n\x04Info\x12\x18.tinyraft.v1.InfoRequest\x1a\x19.tinyraft.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tinyraft.v1.module_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODULEQUERYBATCHRESPONSE_ERRORSENTRY']._loaded_options = None
+  _globals['_MODULEQUERYBATCHRESPONSE_ERRORSENTRY']._serialized_options = b'8\001'
   _globals['_MODULEENTRY']._serialized_start=41
   _globals['_MODULEENTRY']._serialized_end=86
   _globals['_APPLYBATCHREQUEST']._serialized_start=89
@@ -44,23 +46,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODULEQUERYRESPONSE']._serialized_start=407
   _globals['_MODULEQUERYRESPONSE']._serialized_end=444
   _globals['_MODULEQUERYBATCHREQUEST']._serialized_start=446
-  _globals['_MODULEQUERYBATCHREQUEST']._serialized_end=508
-  _globals['_MODULEQUERYRESULT']._serialized_start=510
-  _globals['_MODULEQUERYRESULT']._serialized_end=560
-  _globals['_MODULEQUERYBATCHRESPONSE']._serialized_start=562
-  _globals['_MODULEQUERYBATCHRESPONSE']._serialized_end=637
-  _globals['_MODULESNAPSHOTREQUEST']._serialized_start=639
-  _globals['_MODULESNAPSHOTREQUEST']._serialized_end=662
-  _globals['_MODULESNAPSHOTCHUNK']._serialized_start=664
-  _globals['_MODULESNAPSHOTCHUNK']._serialized_end=714
-  _globals['_RESTORECHUNK']._serialized_start=716
-  _globals['_RESTORECHUNK']._serialized_end=759
-  _globals['_RESTORERESPONSE']._serialized_start=761
-  _globals['_RESTORERESPONSE']._serialized_end=778
-  _globals['_INFOREQUEST']._serialized_start=780
-  _globals['_INFOREQUEST']._serialized_end=793
-  _globals['_INFORESPONSE']._serialized_start=795
-  _globals['_INFORESPONSE']._serialized_end=875
-  _globals['_MODULE']._serialized_start=878
-  _globals['_MODULE']._serialized_end=1342
+  _globals['_MODULEQUERYBATCHREQUEST']._serialized_end=524
+  _globals['_MODULEQUERYRESULT']._serialized_start=526
+  _globals['_MODULEQUERYRESULT']._serialized_end=576
+  _globals['_MODULEQUERYBATCHRESPONSE']._serialized_start=579
+  _globals['_MODULEQUERYBATCHRESPONSE']._serialized_end=785
+  _globals['_MODULEQUERYBATCHRESPONSE_ERRORSENTRY']._serialized_start=740
+  _globals['_MODULEQUERYBATCHRESPONSE_ERRORSENTRY']._serialized_end=785
+  _globals['_MODULESNAPSHOTREQUEST']._serialized_start=787
+  _globals['_MODULESNAPSHOTREQUEST']._serialized_end=810
+  _globals['_MODULESNAPSHOTCHUNK']._serialized_start=812
+  _globals['_MODULESNAPSHOTCHUNK']._serialized_end=862
+  _globals['_RESTORECHUNK']._serialized_start=864
+  _globals['_RESTORECHUNK']._serialized_end=907
+  _globals['_RESTORERESPONSE']._serialized_start=909
+  _globals['_RESTORERESPONSE']._serialized_end=926
+  _globals['_INFOREQUEST']._serialized_start=928
+  _globals['_INFOREQUEST']._serialized_end=941
+  _globals['_INFORESPONSE']._serialized_start=943
+  _globals['_INFORESPONSE']._serialized_end=1023
+  _globals['_MODULE']._serialized_start=1026
+  _globals['_MODULE']._serialized_end=1490
 # @@protoc_insertion_point(module_scope)

@@ -57,12 +57,14 @@ class ModuleQueryResponse(_message.Message):
     def __init__(self, answer: _Optional[bytes] = ...) -> None: ...
 
 class ModuleQueryBatchRequest(_message.Message):
-    __slots__ = ("requests", "min_index")
+    __slots__ = ("requests", "min_index", "packed")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MIN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedScalarFieldContainer[bytes]
     min_index: int
-    def __init__(self, requests: _Optional[_Iterable[bytes]] = ..., min_index: _Optional[int] = ...) -> None: ...
+    packed: bool
+    def __init__(self, requests: _Optional[_Iterable[bytes]] = ..., min_index: _Optional[int] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class ModuleQueryResult(_message.Message):
     __slots__ = ("answer", "error")
@@ -73,10 +75,21 @@ class ModuleQueryResult(_message.Message):
     def __init__(self, answer: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ModuleQueryBatchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "answers", "errors")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ModuleQueryResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[ModuleQueryResult, _Mapping]]] = ...) -> None: ...
+    answers: _containers.RepeatedScalarFieldContainer[bytes]
+    errors: _containers.ScalarMap[int, str]
+    def __init__(self, results: _Optional[_Iterable[_Union[ModuleQueryResult, _Mapping]]] = ..., answers: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
 class ModuleSnapshotRequest(_message.Message):
     __slots__ = ()
