@@ -139,6 +139,28 @@ def test_a_call_during_an_election_is_held_until_the_new_leader_answers(make_clu
     assert "no leader was elected in time" in refused.value.details()
 
 
+def test_a_call_forwarded_to_a_frozen_leader_goes_to_the_next_one(make_cluster):
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    follower = next(m for m in cluster.members if m != leader)
+    with BlockingCaller(cluster.addresses()) as caller:
+        caller.apply(put("before", "1"))
+    # SIGSTOP keeps the frozen leader's connections open: the forwarded call gets no
+    # answer and no error. The follower must notice the new leader and go there.
+    cluster.signal(leader, signal.SIGSTOP)
+    try:
+        request = cpb.ApplyRequest(
+            client_id=78, first_sequence=1, ack_below=1, payloads=[put("frozen", "2")]
+        )
+        with cluster.channel(follower) as ch:
+            reply = caller_pb2_grpc.CallerStub(ch).Apply(request, timeout=10)
+        assert list(reply.packed_results) == [b'{"ok":true}'] and not reply.errors
+    finally:
+        cluster.signal(leader, signal.SIGCONT)
+    with BlockingCaller(cluster.addresses()) as caller:
+        assert value_of(caller.query(get("frozen"))) == "2"
+
+
 def test_a_follower_behind_the_compaction_point_catches_up_by_snapshot(make_cluster):
     cluster = make_cluster(3, env={"RAFT_SNAPSHOT_ENTRIES": "50"})
     leader = cluster.leader()

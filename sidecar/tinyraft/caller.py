@@ -56,8 +56,8 @@ _RETRYABLE = frozenset(
 )
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     # gRPC's default reconnect backoff grows to 2 minutes; members restart in seconds.
+    # (Not min_reconnect_backoff_ms: it is also the connect timeout.)
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
     # Answers are as large as the Module makes them; the cluster is trusted.
     ("grpc.max_receive_message_length", -1),
@@ -277,6 +277,11 @@ class Caller:
         if self._session is session:
             self._session = _Session()
         out: list[bytes | CommandError] = list(results)
+        if not all(0 <= p < len(out) for p in errors):
+            raise TinyraftError(
+                "the cluster named a refused command outside the request; the member runs "
+                "an incompatible tinyraft version"
+            )
         for position, error in errors.items():
             out[position] = CommandError(
                 f"the cluster refused command {position} of {len(commands)}: "
@@ -360,6 +365,11 @@ class Caller:
                 "queries; the member runs an incompatible tinyraft version"
             )
         out: list[bytes | TinyraftError] = list(answers)
+        if not all(0 <= p < len(out) for p in errors):
+            raise TinyraftError(
+                "the cluster named a refused query outside the request; the member runs "
+                "an incompatible tinyraft version"
+            )
         for position, error in errors.items():
             out[position] = InvalidArgument(
                 f"Query rejected: the Module refused the query: {error}; fix the request: "

@@ -53,9 +53,6 @@ class _Plan:
     indexes: list[int] = field(default_factory=list)  # the Module's commands: log indexes,
     commands: list[bytes] = field(default_factory=list)  # payloads,
     fresh: list[Command] = field(default_factory=list)  # and the commands themselves
-    # A retry committed in the same batch as its original: (answers, position, command),
-    # answered once the original's result is known.
-    repeats: list[tuple[list[Result | int], int, Command]] = field(default_factory=list)
     count: int = 0
 
 
@@ -193,10 +190,6 @@ class Applier:
         fill = self.sessions.fill
         for cmd, result in zip(plan.fresh, results, strict=True):
             fill(cmd, result)
-        if plan.repeats:
-            done = {(c.client, c.seq): r for c, r in zip(plan.fresh, results, strict=True)}
-            for answers, pos, cmd in plan.repeats:
-                answers[pos] = done.get((cmd.client, cmd.seq), answers[pos])
         self.m.metrics.proposals_applied.inc(plan.count)
         self._advance(last)
         if answer:
@@ -212,6 +205,9 @@ class Applier:
         which commands the Module must apply. Results are filled in afterwards."""
         plan = _Plan()
         admit = self.sessions.admit
+        # (client, seq) -> slot of its latest NEW in this batch: a retry committed in
+        # the same batch as its original gets the original's result, not a placeholder.
+        slots: dict[tuple[int, int], int] = {}
         for e in entries:
             answers: list[Result | int] = []
             plan.answers.append((e.index, e.term, answers))
@@ -220,13 +216,13 @@ class Applier:
             for cmd in decode_batch(e.data):
                 verdict, cached = admit(cmd, e.index)
                 if verdict is Verdict.NEW:
+                    slots[(cmd.client, cmd.seq)] = len(plan.commands)
                     answers.append(len(plan.commands))
                     plan.indexes.append(e.index)
                     plan.commands.append(cmd.payload)
                     plan.fresh.append(cmd)
                 elif verdict is Verdict.DUPLICATE:
-                    plan.repeats.append((answers, len(answers), cmd))
-                    answers.append(cached)
+                    answers.append(slots.get((cmd.client, cmd.seq), cached))
                 else:
                     answers.append(Refused(f"session {verdict.value}: start a new Caller session"))
             plan.count += len(answers)
@@ -287,6 +283,7 @@ class Applier:
     async def _push_snapshot(self, info: SnapshotInfo) -> bytes:
         """One attempt to stream a snapshot into the Module (a fresh read each time);
         returns the session table it carries."""
+        await self.module.info()  # a Module that is restored may be a restarted version
         with self.m.data_dir.snapshots.reader(info) as reader:
             sessions, module_bytes = split_snapshot(iter(reader))
             await self.module.restore(info.meta.index, module_bytes)
@@ -304,7 +301,6 @@ class Applier:
 
     async def _rebuild(self) -> None:
         """The Module lost its state: restore the latest snapshot, replay the log."""
-        await self._retry(self.module.info)  # the restarted Module may be another version
         target = self.applied
         latest = self.m.data_dir.snapshots.latest()
         assert latest is not None, "a member always holds a snapshot (index 0 at least)"

@@ -260,7 +260,9 @@ class Member:
             for waiter in self._waiters.values():
                 for fut, _ in waiter.futures:
                     if not fut.done():
-                        fut.set_exception(Unavailable("leadership changed; retry", leader))
+                        fut.set_exception(
+                            Unavailable("leadership changed; retry", self.leader_address())
+                        )
             self._waiters.clear()
 
     def _publish(self) -> None:

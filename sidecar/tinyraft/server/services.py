@@ -64,6 +64,10 @@ async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
     raise err
 
 
+class _LeaderChanged(Exception):
+    """A forwarded call was overtaken by news of another leader: forward it again."""
+
+
 def _answered_by(err: grpc.aio.AioRpcError) -> str | None:
     """The leader hint of a member's answer ("" for none); None if no member answered
     (the call failed to connect or the connection broke)."""
@@ -125,6 +129,11 @@ class CallerService(caller_pb2_grpc.CallerServicer):
             if request.client_id == 0 or request.first_sequence == 0:
                 await refuse("client_id and first_sequence must be non-zero (use a Caller session)")
             payloads = request.payloads
+            if request.first_sequence + len(payloads) > 1 << 64:
+                await refuse(
+                    "first_sequence: the payloads' sequence numbers would pass 2^64-1; "
+                    "start a new Caller session"
+                )
             sizes = list(map(len, payloads))
             if max(sizes) > limit:
                 i = next(i for i, n in enumerate(sizes) if n > limit)
@@ -186,7 +195,9 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         safe: the session numbers make a command apply once."""
         m = self.m
         remaining = context.time_remaining() or QUERY_TIMEOUT_S
-        deadline = time.monotonic() + min(remaining * HOLD_SHARE, m.cfg.election_ms * 4 / 1000)
+        election_s = m.cfg.election_ms / 1000
+        deadline = time.monotonic() + min(remaining * HOLD_SHARE, 4 * election_s)
+        silent: tuple[str, str, float] | None = None  # a leader that did not answer: why, since
         while True:
             if m.core.role is Role.LEADER:
                 return await self._submit(request, records, count, context)
@@ -194,25 +205,64 @@ class CallerService(caller_pb2_grpc.CallerServicer):
             if target is not None:
                 stub, address = target
                 try:
-                    return await stub.Apply(request, timeout=context.time_remaining() or remaining)
+                    return await self._forward_once(stub, address, request, context)
+                except _LeaderChanged:
+                    continue
                 except grpc.aio.AioRpcError as err:
                     hint = _answered_by(err)
-                    unreachable = hint is None and err.code() == grpc.StatusCode.UNAVAILABLE
-                    if not unreachable or time.monotonic() >= deadline:
+                    if hint is not None or err.code() != grpc.StatusCode.UNAVAILABLE:
                         await _abort(
                             context,
                             err.code(),
                             f"forwarded to the leader at {address}: {err.details()}",
-                            None if hint is None else hint or address,
+                            hint or None,
                         )
-            # Wait for news of a leader; one that did not answer may be dead (an
-            # election will say) or between reconnects: ask it again a tick later.
-            wait = min(m.cfg.heartbeat_ms / 1000, deadline - time.monotonic())
-            await m.wait_for_leader(target and target[1], m.core.term, wait)
-            if time.monotonic() >= deadline:
+                    if silent is None or silent[0] != address:
+                        silent = (address, err.details() or "no answer", time.monotonic())
+            now = time.monotonic()
+            # A leader still in office but silent to us for two election timeouts is
+            # not dead (the others would have elected another by then) but out of our
+            # reach: say so, and point the client at it (it may reach it where we can't).
+            in_office = target is not None and silent is not None and target[1] == silent[0]
+            if in_office and silent and (now - silent[2] >= 2 * election_s or now >= deadline):
+                await _abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the leader at {silent[0]} did not answer this member ({silent[1]}); retry",
+                    silent[0],
+                )
+            if now >= deadline:
                 await _abort(
                     context, grpc.StatusCode.UNAVAILABLE, "no leader was elected in time; retry"
                 )
+            # Wait for news of a leader; one that did not answer may be dead (an
+            # election will say) or between reconnects: ask it again a tick later.
+            wait = min(m.cfg.heartbeat_ms / 1000, deadline - now)
+            await m.wait_for_leader(target and target[1], m.core.term, wait)
+
+    async def _forward_once(
+        self,
+        stub: caller_pb2_grpc.CallerStub,
+        address: str,
+        request: cpb.ApplyRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> cpb.ApplyResponse:
+        """One forward. Raises _LeaderChanged if this member learns of another leader
+        first: the one asked may be frozen with its connection still up."""
+        timeout = context.time_remaining() or QUERY_TIMEOUT_S
+        call = stub.Apply(request, timeout=timeout)
+        answer = asyncio.ensure_future(call)
+        changed = asyncio.ensure_future(self.m.wait_for_leader(address, self.m.core.term, timeout))
+        try:
+            await asyncio.wait({answer, changed}, return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done() and changed.result():
+                call.cancel()
+                raise _LeaderChanged
+            return await answer
+        finally:
+            changed.cancel()
+            if not answer.done():
+                call.cancel()
 
     async def Query(
         self, request: cpb.QueryRequest, context: grpc.aio.ServicerContext

@@ -29,8 +29,9 @@ class CallerStub:
     """Errors carry a gRPC status: UNAVAILABLE (no leader yet, leader changed: retry),
     INVALID_ARGUMENT (bad request, e.g. command too large), RESOURCE_EXHAUSTED
     (backpressure: too many pending commands), FAILED_PRECONDITION (e.g. not a
-    member), DEADLINE_EXCEEDED. When a member knows the leader, the trailing
-    metadata key "tinyraft-leader" holds its address.
+    member), DEADLINE_EXCEEDED. Every refusal a member sends carries the trailing
+    metadata key "tinyraft-leader": the leader's address when the member knows it,
+    else empty (no leader to suggest; a refusal without the key never reached one).
     """
 
     def __init__(self, channel):
@@ -65,8 +66,9 @@ class CallerServicer:
     """Errors carry a gRPC status: UNAVAILABLE (no leader yet, leader changed: retry),
     INVALID_ARGUMENT (bad request, e.g. command too large), RESOURCE_EXHAUSTED
     (backpressure: too many pending commands), FAILED_PRECONDITION (e.g. not a
-    member), DEADLINE_EXCEEDED. When a member knows the leader, the trailing
-    metadata key "tinyraft-leader" holds its address.
+    member), DEADLINE_EXCEEDED. Every refusal a member sends carries the trailing
+    metadata key "tinyraft-leader": the leader's address when the member knows it,
+    else empty (no leader to suggest; a refusal without the key never reached one).
     """
 
     def Apply(self, request, context):
@@ -128,8 +130,9 @@ class Caller:
     """Errors carry a gRPC status: UNAVAILABLE (no leader yet, leader changed: retry),
     INVALID_ARGUMENT (bad request, e.g. command too large), RESOURCE_EXHAUSTED
     (backpressure: too many pending commands), FAILED_PRECONDITION (e.g. not a
-    member), DEADLINE_EXCEEDED. When a member knows the leader, the trailing
-    metadata key "tinyraft-leader" holds its address.
+    member), DEADLINE_EXCEEDED. Every refusal a member sends carries the trailing
+    metadata key "tinyraft-leader": the leader's address when the member knows it,
+    else empty (no leader to suggest; a refusal without the key never reached one).
     """
 
     @staticmethod
