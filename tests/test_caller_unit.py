@@ -386,6 +386,20 @@ async def test_a_leader_that_goes_down_is_not_waited_for():
 
 
 @async_test
+async def test_a_write_forwarded_by_a_follower_sends_the_next_ones_to_the_leader():
+    async with members(2) as (leader, follower):
+
+        async def forwarded(member, request, context):  # answered, naming the leader
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader.address),))
+
+        follower.script = [forwarded]
+        async with Caller([follower.address], retry=FAST) as caller:
+            assert await caller.apply(b"a") == b"ok:a"
+            assert await caller.apply(b"b") == b"ok:b"
+        assert follower.log == [b"a"] and leader.log == [b"b"]
+
+
+@async_test
 async def test_dns_target():
     async with members(1) as (member,):
         port = member.address.rsplit(":", 1)[1]

@@ -425,7 +425,7 @@ class Caller:
     async def _call(
         self,
         name: str,
-        method: Callable[[caller_pb2_grpc.CallerStub], Callable[..., Awaitable[Any]]],
+        method: Callable[[caller_pb2_grpc.CallerStub], Callable[..., Any]],  # -> a grpc.aio call
         request: Any,
     ) -> Any:
         """One RPC under the retry policy: the same request every attempt."""
@@ -440,12 +440,18 @@ class Caller:
             target = self._leader or self._targets[self._next_target]
             remaining = deadline - loop.time()
             try:
-                reply = await method(self._stub(target))(
+                call = method(self._stub(target))(
                     request,
                     timeout=min(self._timeout, remaining),
                     wait_for_ready=self._wait_for_ready and not self._answered,
                 )
+                reply = await call
                 self._answered = True
+                # A follower that forwarded a write names the leader: go there next time
+                # rather than pay the extra hop on every request.
+                hint = _hint_in(await call.trailing_metadata())
+                if hint and hint != target:
+                    self._leader = hint
                 return reply
             except grpc.aio.AioRpcError as err:
                 code = err.code()
@@ -662,7 +668,11 @@ def _credentials(
 
 
 def _leader_hint(err: grpc.aio.AioRpcError) -> str | None:
-    for key, value in err.trailing_metadata() or ():
+    return _hint_in(err.trailing_metadata())
+
+
+def _hint_in(metadata: Any) -> str | None:
+    for key, value in metadata or ():
         if key == LEADER_METADATA_KEY and value:
             return value.decode() if isinstance(value, bytes) else str(value)
     return None

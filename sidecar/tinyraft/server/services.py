@@ -258,7 +258,9 @@ class CallerService(caller_pb2_grpc.CallerServicer):
             if not answer.done() and changed.result():
                 call.cancel()
                 raise _LeaderChanged
-            return await answer
+            reply = await answer
+            context.set_trailing_metadata(((LEADER_KEY, address),))  # next time, go there
+            return reply
         finally:
             changed.cancel()
             if not answer.done():

@@ -32,6 +32,7 @@ class CallerStub:
     member), DEADLINE_EXCEEDED. Every refusal a member sends carries the trailing
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
+    An Apply a follower forwarded carries it too: send the next ones there.
     """
 
     def __init__(self, channel):
@@ -69,6 +70,7 @@ class CallerServicer:
     member), DEADLINE_EXCEEDED. Every refusal a member sends carries the trailing
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
+    An Apply a follower forwarded carries it too: send the next ones there.
     """
 
     def Apply(self, request, context):
@@ -133,6 +135,7 @@ class Caller:
     member), DEADLINE_EXCEEDED. Every refusal a member sends carries the trailing
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
+    An Apply a follower forwarded carries it too: send the next ones there.
     """
 
     @staticmethod
