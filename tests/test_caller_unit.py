@@ -399,6 +399,29 @@ async def test_a_write_forwarded_by_a_follower_sends_the_next_ones_to_the_leader
         assert follower.log == [b"a"] and leader.log == [b"b"]
 
 
+class ShortMember(FakeMember):
+    """Answers one result too few, and a refusal outside the request."""
+
+    async def Apply(self, request, context):
+        return caller_pb2.ApplyResponse(packed_results=[b"x"], errors={7: "?"})
+
+    async def QueryBatch(self, request, context):
+        return caller_pb2.QueryBatchResponse(answers=[b"a", b"b"], errors={5: "?"})
+
+
+@async_test
+async def test_an_answer_that_does_not_match_the_request_is_an_error_not_a_guess():
+    member = await ShortMember().start()
+    try:
+        async with Caller(member.address, retry=FAST) as caller:
+            with pytest.raises(TinyraftError, match="incompatible tinyraft version"):
+                await caller.apply_many([b"a", b"b"])
+            with pytest.raises(TinyraftError, match="incompatible tinyraft version"):
+                await asyncio.gather(caller.query(b"p"), caller.query(b"q"))
+    finally:
+        await member.stop()
+
+
 @async_test
 async def test_dns_target():
     async with members(1) as (member,):

@@ -266,22 +266,13 @@ class Caller:
                 self._session = _Session()
             raise
         session.answered(numbers)
-        if len(results) != len(commands):
-            raise TinyraftError(
-                f"the cluster answered {len(results)} results for {len(commands)} "
-                "commands; the member runs an incompatible tinyraft version"
-            )
+        _check_answers(len(results), errors, len(commands), "commands")
         if not errors:
             return results  # type: ignore[return-value]
         # The usual reason is an expired session: later commands start a new one.
         if self._session is session:
             self._session = _Session()
         out: list[bytes | CommandError] = list(results)
-        if not all(0 <= p < len(out) for p in errors):
-            raise TinyraftError(
-                "the cluster named a refused command outside the request; the member runs "
-                "an incompatible tinyraft version"
-            )
         for position, error in errors.items():
             out[position] = CommandError(
                 f"the cluster refused command {position} of {len(commands)}: "
@@ -359,17 +350,8 @@ class Caller:
             errors = {i: r.error for i, r in enumerate(response.results) if r.error}
         else:
             answers, errors = list(response.answers), dict(response.errors)
-        if len(answers) != len(requests):
-            raise TinyraftError(
-                f"the cluster answered {len(answers)} results for {len(requests)} "
-                "queries; the member runs an incompatible tinyraft version"
-            )
+        _check_answers(len(answers), errors, len(requests), "queries")
         out: list[bytes | TinyraftError] = list(answers)
-        if not all(0 <= p < len(out) for p in errors):
-            raise TinyraftError(
-                "the cluster named a refused query outside the request; the member runs "
-                "an incompatible tinyraft version"
-            )
         for position, error in errors.items():
             out[position] = InvalidArgument(
                 f"Query rejected: the Module refused the query: {error}; fix the request: "
@@ -665,6 +647,15 @@ def _credentials(
         private_key=Path(key).read_bytes() if key is not None else None,
         certificate_chain=Path(cert).read_bytes() if cert is not None else None,
     )
+
+
+def _check_answers(got: int, errors: dict[int, str], asked: int, what: str) -> None:
+    """A reply answers each item asked exactly once; refusals name one of them."""
+    if got != asked or not all(0 <= p < asked for p in errors):
+        raise TinyraftError(
+            f"the cluster answered {got} results for {asked} {what} (refusals at "
+            f"{sorted(errors)}); the member runs an incompatible tinyraft version"
+        )
 
 
 def _leader_hint(err: grpc.aio.AioRpcError) -> str | None:
