@@ -35,6 +35,7 @@ from typing import Any, Literal, Self
 import grpc
 import grpc.aio
 
+from tinyraft.answers import unpack
 from tinyraft.v1 import caller_pb2, caller_pb2_grpc
 
 LEADER_METADATA_KEY = "tinyraft-leader"
@@ -345,11 +346,7 @@ class Caller:
                 raise
             self._batch_queries = False  # a member older than QueryBatch: one by one
             return await self._query_request(requests, level)
-        if response.results:  # a member that does not know the packed form
-            answers = [r.answer for r in response.results]
-            errors = {i: r.error for i, r in enumerate(response.results) if r.error}
-        else:
-            answers, errors = list(response.answers), dict(response.errors)
+        answers, errors = unpack(response)  # an older member answers in the older form
         _check_answers(len(answers), errors, len(requests), "queries")
         out: list[bytes | TinyraftError] = list(answers)
         for position, error in errors.items():

@@ -61,6 +61,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tinyraft.answers import as_results
 from tinyraft.v1 import module_pb2 as pb
 from tinyraft.v1 import module_pb2_grpc as pb_grpc
 
@@ -229,10 +230,7 @@ class ModuleServicer(pb_grpc.ModuleServicer):
         if request.packed:
             return pb.ModuleQueryBatchResponse(answers=answers, errors=errors)
         return pb.ModuleQueryBatchResponse(
-            results=[
-                pb.ModuleQueryResult(answer=a, error=errors.get(i, ""))
-                for i, a in enumerate(answers)
-            ]
+            results=as_results(answers, errors, pb.ModuleQueryResult)
         )
 
     async def Snapshot(self, request: Any, context: Any) -> None:

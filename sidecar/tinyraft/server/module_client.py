@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
+from tinyraft.answers import unpack
 from tinyraft.v1 import module_pb2 as mpb
 from tinyraft.v1 import module_pb2_grpc
 
@@ -49,7 +50,8 @@ class ModuleClient:
         self, after_index: int, indexes: list[int], commands: list[bytes], last_index: int
     ) -> list[bytes]:
         """Apply commands[i] at log index indexes[i]; one result per command."""
-        if self.packed_apply:
+        packed = self.packed_apply
+        if packed:
             request = mpb.ApplyBatchRequest(
                 after_index=after_index, commands=commands, indexes=indexes, last_index=last_index
             )
@@ -68,9 +70,7 @@ class ModuleClient:
             if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise ModuleOutOfSync(err.details() or "") from err
             raise ModuleUnavailable(_describe(self.address, err)) from err
-        results = (
-            list(reply.packed_results) if self.packed_apply else [r.result for r in reply.results]
-        )
+        results = list(reply.packed_results) if packed else [r.result for r in reply.results]
         if len(results) != len(commands):
             raise ModuleUnavailable(
                 f"the Module at {self.address} returned {len(results)} results for "
@@ -111,11 +111,7 @@ class ModuleClient:
                     raise
                 self._batch_queries = False
             else:
-                if reply.results:  # a Module that does not know the packed form
-                    answers = [r.answer for r in reply.results]
-                    errors = {i: r.error for i, r in enumerate(reply.results) if r.error}
-                else:
-                    answers, errors = list(reply.answers), dict(reply.errors)
+                answers, errors = unpack(reply)  # an older Module answers in the older form
                 if len(answers) != len(requests):
                     raise ModuleUnavailable(
                         f"the Module at {self.address} returned {len(answers)} answers "

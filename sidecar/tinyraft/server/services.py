@@ -11,6 +11,7 @@ from typing import NoReturn
 import grpc
 
 import tinyraft
+from tinyraft.answers import as_results
 from tinyraft.core.sessions import Command, encode_records, encode_run
 from tinyraft.core.types import (
     ConfigChangeRefused,
@@ -293,10 +294,7 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         if request.packed:
             return cpb.QueryBatchResponse(answers=answers, errors=errors, applied_index=applied)
         return cpb.QueryBatchResponse(
-            results=[
-                cpb.QueryResult(answer=a, error=errors.get(i, "")) for i, a in enumerate(answers)
-            ],
-            applied_index=applied,
+            results=as_results(answers, errors, cpb.QueryResult), applied_index=applied
         )
 
     async def _read(
