@@ -185,6 +185,11 @@ class Applier:
                     answer = False
                 log.error("%s; the member keeps running and retries", err)
                 await asyncio.sleep(0.2)
+                if any(
+                    isinstance(item, SnapshotInfo) and item.meta.index >= last
+                    for item in self.queue
+                ):
+                    return  # a snapshot queued behind takes the Module past these entries
         self.m.metrics.apply_duration.observe(time.perf_counter() - started)
         self.module_ready = True
         fill = self.sessions.fill
