@@ -136,6 +136,14 @@ class Cluster:
             self.tick_all()
             self.stabilize()
 
+    def heartbeat(self) -> None:
+        """Let the leader's next heartbeat go round and settle: followers learn a new
+        commit index with it (or with the next append; a commit alone sends nothing)."""
+        leader = self.leader()
+        assert leader is not None, "no leader to send a heartbeat"
+        self.tick(leader, self.raft(leader).opts.heartbeat_ticks)
+        self.stabilize()
+
     def campaign(self, name: str, pre_vote: bool = False) -> None:
         self.raft(name).campaign(pre_vote=pre_vote)
         self.process(name)

@@ -158,6 +158,7 @@ def test_a_candidate_with_a_stale_log_loses() -> None:
     c.campaign("b")
     c.stabilize()
     assert c.leader() == "b"
+    c.heartbeat()
     assert c.applied("c") == [b"x"]  # the committed entry survived the election
 
 

@@ -38,6 +38,7 @@ def test_a_new_leader_probes_with_one_append_then_pipelines() -> None:
         c.process("a")
     assert len(appends(c, "b")) == 4  # replicating: one append per batch, no waiting
     c.stabilize()
+    c.heartbeat()
     assert c.applied("b") == [b"x", b"y", b"z1", b"z2", b"z3"]
 
 

@@ -122,6 +122,7 @@ def test_a_removed_leader_steps_down_once_the_removal_commits() -> None:
     assert len(c.history(src="a", kinds=RequestVote)) == asked  # a knows it is out
     c.propose(c.leader(), b"x")
     c.stabilize()
+    c.heartbeat()
     assert c.applied("b") == c.applied("c") == [b"x"]
 
 

@@ -152,6 +152,36 @@ def test_each_new_leader_appends_a_no_op_that_commits_earlier_terms() -> None:
     assert c.leader() == "b"
     noop = c.raft("b").log.entry(4)
     assert (noop.kind, noop.term, noop.data) == (EntryKind.NOOP, 3, b"")
+    c.heartbeat()  # c learns the new commit index with the next heartbeat
     # No new command was proposed, yet x is committed and applied: by the no-op.
     assert c.commit("b") == c.commit("c") == 4
     assert c.applied("b") == c.applied("c") == [b"x"]
+
+
+def test_followers_learn_a_commit_with_the_next_append_or_heartbeat() -> None:
+    """A commit alone sends nothing (as in hashicorp/raft): followers do not apply in
+    step with the leader, whose own apply answers the client. They learn the commit
+    index with the next append, or at the latest with the next heartbeat."""
+    c = elect()
+    c.propose("a", b"x")
+    c.stabilize()
+    assert c.applied("a") == [b"x"] and c.applied("b") == c.applied("c") == []
+    c.propose("a", b"y")
+    c.process("a")
+    c.deliver(src="a", dst="b")  # the append of y carries the commit of x
+    assert c.applied("b") == [b"x"] and c.applied("c") == []
+    c.stabilize()
+    c.heartbeat()
+    assert c.applied("a") == c.applied("b") == c.applied("c") == [b"x", b"y"]
+
+
+def test_a_new_commit_index_alone_is_not_written_and_a_restart_learns_it_again() -> None:
+    c = elect()
+    c.propose("a", b"x")
+    c.stabilize()
+    c.heartbeat()
+    assert c.commit("b") == 3 and c.members["b"].disk.hard_state.commit < 3  # no write
+    c.crash("b")
+    c.restart("b")
+    c.heartbeat()
+    assert c.commit("b") == 3 and c.applied("b") == [b"x"]

@@ -37,6 +37,7 @@ def test_transfer_to_an_up_to_date_follower() -> None:
     assert c.role("a") is Role.FOLLOWER and c.raft("c").leader == "b"
     c.propose("b", b"x")
     c.stabilize()
+    c.heartbeat()
     assert c.applied("a") == [b"x"]
 
 
@@ -70,6 +71,7 @@ def test_a_transfer_that_cannot_finish_is_abandoned_after_an_election_timeout() 
     c.run(E)
     c.propose("a", b"x")  # given up: a leads on, in the same term
     c.stabilize()
+    c.heartbeat()
     assert c.leader() == "a" and c.term("a") == 2 and c.applied("b") == [b"x"]
 
 

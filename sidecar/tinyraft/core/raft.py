@@ -132,7 +132,6 @@ class Raft:
         self.snapshot_in: InstallSnapshot | None = None
         self.persisted_hs = HardState(hs.term, hs.vote, hs.commit)
         self.role_changed = False
-        self.sent_commit = self.commit  # the commit index followers were last told
 
     # ------------------------------------------------------------------ queries
 
@@ -536,9 +535,12 @@ class Raft:
             or self.role_changed
             or self.handed < self.log.last_index
             or self.applying < min(self.commit, self.stable)
-            or self.hard_state != self.persisted_hs
-            or (self.role is Role.LEADER and self.sent_commit < self.commit)
+            or self._vote_unsaved()
         )
+
+    def _vote_unsaved(self) -> bool:
+        saved = self.persisted_hs
+        return self.term != saved.term or self.vote != saved.vote
 
     def ready(self) -> Ready:
         if self.role is Role.LEADER:
@@ -547,9 +549,11 @@ class Raft:
             self._broadcast_new_entries()
         rd = Ready()
         hs = self.hard_state
-        term_unsaved = False
-        if hs != self.persisted_hs:
-            term_unsaved = hs.term != self.persisted_hs.term or hs.vote != self.persisted_hs.vote
+        term_unsaved = self._vote_unsaved()
+        # A new commit index alone is not worth a write: it rides along with the next
+        # entries, term or vote. Lost in a crash, it only means replaying less of the
+        # log until the leader says again (the paper keeps it in volatile state).
+        if term_unsaved or (hs != self.persisted_hs and self.handed < self.log.last_index):
             rd.must_sync = term_unsaved
             rd.hard_state = hs
             self.persisted_hs = hs
@@ -607,12 +611,13 @@ class Raft:
             raise TransferInProgress()
 
     def _broadcast_new_entries(self) -> None:
+        # A new commit index alone sends nothing: followers learn it with the next
+        # append or heartbeat (as hashicorp/raft does), so they do not apply in step
+        # with the leader and take the CPU its own apply and answer need.
         last = self.log.last_index
-        tell_commit = self.sent_commit < self.commit
         for peer, pr in self.progress.items():
-            if peer != self.id and (pr.next <= last or tell_commit):
-                self._send_append(peer, pr, allow_empty=tell_commit)
-        self.sent_commit = self.commit
+            if peer != self.id and pr.next <= last:
+                self._send_append(peer, pr)
 
     def _send_append(self, peer: MemberId, pr: Progress, allow_empty: bool = False) -> None:
         if pr.paused():
@@ -863,4 +868,3 @@ class Raft:
         self.pending_config_index = self.log.last_config_index()
         self.uncommitted_bytes = 0
         self._append([Entry(last + 1, self.term, EntryKind.NOOP)])
-        self.sent_commit = -1  # tell every follower where we are right away

@@ -218,14 +218,19 @@ class Member:
         self._send(rd.messages_now)
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot)
+        # Committed entries are on disk already (from earlier writes). The leader hands
+        # them on before this write, since its callers wait for the apply; a follower
+        # answers the leader first, since nobody waits for its apply.
+        apply_first = core.role is Role.LEADER
+        if apply_first:
+            self._hand_committed(rd.committed)
         if rd.hard_state is not None or rd.entries:
             await self.storage(
                 self.data_dir.log.save, rd.hard_state, rd.entries, rd.must_sync and self.cfg.fsync
             )
         self._send(rd.messages)
-        if rd.committed:
-            self.metrics.commit_index.set(rd.committed[-1].index)
-            self.applier.enqueue(rd.committed)
+        if not apply_first:
+            self._hand_committed(rd.committed)
         for rs in rd.reads:
             fut = self._reads.pop(rs.context, None)
             if fut is not None and not fut.done():
@@ -233,6 +238,11 @@ class Member:
         core.advance(rd)
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _hand_committed(self, entries: list[Entry]) -> None:
+        if entries:
+            self.metrics.commit_index.set(entries[-1].index)
+            self.applier.enqueue(entries)
 
     def _send(self, messages: list[Message]) -> None:
         if not messages:
