@@ -266,7 +266,9 @@ class Member:
     def _role_changed(self, role: Role, leader: str | None) -> None:
         log.info("now %s in term %d (leader: %s)", role.value, self.core.term, leader or "unknown")
         self.metrics.leader_changes.inc()
-        if role is not Role.LEADER:
+        if role is Role.LEADER:
+            self.applier.hurry()
+        else:
             for waiter in self._waiters.values():
                 for fut, _ in waiter.futures:
                     if not fut.done():
