@@ -33,10 +33,14 @@ def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., N
 
 
 @contextlib.asynccontextmanager
-async def serving_at(module: Module) -> AsyncIterator[str]:
-    """serve_module on a port the OS picks (port 0: no race with other tests)."""
+async def serving_at(
+    module: Module, address: str = "127.0.0.1:0", grace: float = 5.0
+) -> AsyncIterator[str]:
+    """serve_module, by default on a port the OS picks (port 0: no race with other
+    tests); another address restarts a Module where a client knows it."""
     bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve_module(module, "127.0.0.1:0", ready=bound.set_result))
+    served = serve_module(module, address, ready=bound.set_result, grace=grace)
+    task = asyncio.create_task(served)
     waiting: set[asyncio.Future[Any]] = {task, bound}
     await asyncio.wait(waiting, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
@@ -292,6 +296,31 @@ async def test_the_sidecar_sends_the_packed_form_to_a_module_that_takes_it() -> 
         finally:
             await client.close()
     assert module.entries == [(1, b"a"), (2, b"c")]
+
+
+@run_async
+async def test_the_sidecar_applies_on_one_stream_that_outlives_a_refusal() -> None:
+    """The SDK serves ApplyStream and says so; the sidecar's client sends its applies
+    there. A refusal ends the stream with Apply's status, and the next apply opens a
+    new one. (A Module killed and restarted under a live cluster: tests/test_chaos.)"""
+    from tinyraft.server.module_client import ModuleClient, ModuleOutOfSync
+
+    module = Journal()
+    async with serving_at(module) as address:
+        client = ModuleClient(address)
+        try:
+            assert (await client.info()).apply_stream and client.apply_stream
+            assert await client.apply(0, [1], [b"a"], 1) == [b"ok 1 a"]
+            assert await client.apply(1, [2, 2], [b"b", b"boom"], 2) == [
+                b"ok 2 b",
+                b'{"error":"ValueError: cannot apply boom"}',
+            ]
+            with pytest.raises(ModuleOutOfSync, match="index 2"):
+                await client.apply(5, [6], [b"x"], 6)
+            assert await client.apply(2, [3], [b"c"], 3) == [b"ok 3 c"]
+        finally:
+            await client.close()
+    assert module.entries == [(1, b"a"), (2, b"b"), (3, b"c")]
 
 
 @run_async

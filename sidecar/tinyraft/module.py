@@ -187,6 +187,13 @@ class ModuleServicer(pb_grpc.ModuleServicer):
             self.applied_index = request.last_index
             return pb.ApplyBatchResponse(results=[pb.ApplyResult(result=r) for r in results])
 
+    async def ApplyStream(
+        self, requests: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[pb.ApplyBatchResponse]:
+        """Apply, one answer per request on one stream (we say apply_stream in Info)."""
+        async for request in requests:
+            yield await self.Apply(request, context)
+
     def _apply_each(self, commands: Iterable[tuple[bytes, int]]) -> list[bytes]:
         apply = self.module.apply
         results = []
@@ -273,7 +280,10 @@ class ModuleServicer(pb_grpc.ModuleServicer):
 
     async def Info(self, request: Any, context: Any) -> pb.InfoResponse:
         return pb.InfoResponse(
-            instance_id=self.instance_id, applied_index=self.applied_index, packed_apply=True
+            instance_id=self.instance_id,
+            applied_index=self.applied_index,
+            packed_apply=True,
+            apply_stream=True,
         )
 
 

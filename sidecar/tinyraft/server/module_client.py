@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import grpc
 
@@ -35,15 +36,19 @@ class ModuleClient:
         self.stub = module_pb2_grpc.ModuleStub(self.channel)
         self._batch_queries = True  # until the Module answers QueryBatch UNIMPLEMENTED
         self.packed_apply = False  # what the Module's latest Info said
+        self.apply_stream = False  # likewise
+        self._stream: Any = None  # the open ApplyStream call, if any
 
     async def info(self, timeout: float = 2.0) -> mpb.InfoResponse:
-        """The Module's state; also learns whether it takes the packed Apply form (a
-        restarted Module may be another version, so ask again after each restart)."""
+        """The Module's state; also learns which Apply forms it takes (a restarted
+        Module may be another version, so ask again after each restart)."""
         try:
             reply = await self.stub.Info(mpb.InfoRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise ModuleUnavailable(_describe(self.address, err)) from err
         self.packed_apply = reply.packed_apply
+        self.apply_stream = reply.apply_stream
+        self._drop_stream()  # it may lead to the process that was restarted
         return reply
 
     async def apply(
@@ -65,11 +70,15 @@ class ModuleClient:
                 last_index=last_index,
             )
         try:
-            reply = await self.stub.Apply(request, timeout=APPLY_TIMEOUT_S)
+            reply = await self._send_apply(request)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise ModuleOutOfSync(err.details() or "") from err
             raise ModuleUnavailable(_describe(self.address, err)) from err
+        except TimeoutError as err:
+            raise ModuleUnavailable(
+                f"the Module at {self.address} did not answer Apply within {APPLY_TIMEOUT_S:.0f} s"
+            ) from err
         results = list(reply.packed_results) if packed else [r.result for r in reply.results]
         if len(results) != len(commands):
             raise ModuleUnavailable(
@@ -77,6 +86,34 @@ class ModuleClient:
                 f"{len(commands)} commands; it must return exactly one per command"
             )
         return results
+
+    async def _send_apply(self, request: mpb.ApplyBatchRequest) -> mpb.ApplyBatchResponse:
+        """One Apply round trip: on the Module's ApplyStream when it serves one (a
+        stream message costs a third of a unary call), else unary. Fails like Apply."""
+        if not self.apply_stream:
+            return await self.stub.Apply(request, timeout=APPLY_TIMEOUT_S)
+        if self._stream is None or self._stream.done():  # none yet, or the Module restarted
+            self._stream = self.stub.ApplyStream()
+        stream = self._stream
+        try:
+            await stream.write(request)
+            reply = await asyncio.wait_for(stream.read(), APPLY_TIMEOUT_S)
+            if reply is grpc.aio.EOF:
+                raise ModuleUnavailable(
+                    f"the Module at {self.address} ended its ApplyStream without an answer"
+                )
+        except asyncio.InvalidStateError as err:  # it ended just before the write
+            self._drop_stream()
+            raise ModuleUnavailable(f"the Module at {self.address} ended its ApplyStream") from err
+        except BaseException:
+            self._drop_stream()
+            raise
+        return reply
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
 
     async def query(self, request: bytes, timeout: float, min_index: int) -> bytes:
         """Raises ModuleOutOfSync if the Module has applied less than min_index."""
@@ -152,6 +189,7 @@ class ModuleClient:
             raise ModuleUnavailable(_describe(self.address, err)) from err
 
     async def close(self) -> None:
+        self._drop_stream()
         await self.channel.close()
 
 

@@ -120,11 +120,13 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("instance_id", "applied_index", "packed_apply")
+    __slots__ = ("instance_id", "applied_index", "packed_apply", "apply_stream")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     PACKED_APPLY_FIELD_NUMBER: _ClassVar[int]
+    APPLY_STREAM_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     applied_index: int
     packed_apply: bool
-    def __init__(self, instance_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., packed_apply: _Optional[bool] = ...) -> None: ...
+    apply_stream: bool
+    def __init__(self, instance_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., packed_apply: _Optional[bool] = ..., apply_stream: _Optional[bool] = ...) -> None: ...

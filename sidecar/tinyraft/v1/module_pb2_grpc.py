@@ -39,6 +39,11 @@ class ModuleStub:
                 request_serializer=tinyraft_dot_v1_dot_module__pb2.ApplyBatchRequest.SerializeToString,
                 response_deserializer=tinyraft_dot_v1_dot_module__pb2.ApplyBatchResponse.FromString,
                 _registered_method=True)
+        self.ApplyStream = channel.stream_stream(
+                '/tinyraft.v1.Module/ApplyStream',
+                request_serializer=tinyraft_dot_v1_dot_module__pb2.ApplyBatchRequest.SerializeToString,
+                response_deserializer=tinyraft_dot_v1_dot_module__pb2.ApplyBatchResponse.FromString,
+                _registered_method=True)
         self.Query = channel.unary_unary(
                 '/tinyraft.v1.Module/Query',
                 request_serializer=tinyraft_dot_v1_dot_module__pb2.ModuleQueryRequest.SerializeToString,
@@ -70,6 +75,12 @@ class ModuleServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Apply(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyStream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +121,11 @@ def add_ModuleServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Apply': grpc.unary_unary_rpc_method_handler(
                     servicer.Apply,
+                    request_deserializer=tinyraft_dot_v1_dot_module__pb2.ApplyBatchRequest.FromString,
+                    response_serializer=tinyraft_dot_v1_dot_module__pb2.ApplyBatchResponse.SerializeToString,
+            ),
+            'ApplyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ApplyStream,
                     request_deserializer=tinyraft_dot_v1_dot_module__pb2.ApplyBatchRequest.FromString,
                     response_serializer=tinyraft_dot_v1_dot_module__pb2.ApplyBatchResponse.SerializeToString,
             ),
@@ -164,6 +180,33 @@ class Module:
             request,
             target,
             '/tinyraft.v1.Module/Apply',
+            tinyraft_dot_v1_dot_module__pb2.ApplyBatchRequest.SerializeToString,
+            tinyraft_dot_v1_dot_module__pb2.ApplyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tinyraft.v1.Module/ApplyStream',
             tinyraft_dot_v1_dot_module__pb2.ApplyBatchRequest.SerializeToString,
             tinyraft_dot_v1_dot_module__pb2.ApplyBatchResponse.FromString,
             options,
