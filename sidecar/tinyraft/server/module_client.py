@@ -95,9 +95,13 @@ class ModuleClient:
         if self._stream is None or self._stream.done():  # none yet, or the Module restarted
             self._stream = self.stub.ApplyStream()
         stream = self._stream
+
+        async def round_trip() -> Any:
+            await stream.write(request)  # may wait on flow control: inside the timeout
+            return await stream.read()
+
         try:
-            await stream.write(request)
-            reply = await asyncio.wait_for(stream.read(), APPLY_TIMEOUT_S)
+            reply = await asyncio.wait_for(round_trip(), APPLY_TIMEOUT_S)
             if reply is grpc.aio.EOF:
                 raise ModuleUnavailable(
                     f"the Module at {self.address} ended its ApplyStream without an answer"
