@@ -6,14 +6,17 @@ a time (the Module here records what it is asked, so answers name their command)
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyraft.core.sessions import Command, SessionTable, Verdict, decode_batch, encode_batch
-from tinyraft.core.types import Entry, EntryKind
+from tinyraft.core.types import Entry, EntryKind, SnapshotMeta
 from tinyraft.server.applier import Applier
+from tinyraft.server.module_client import ModuleUnavailable
+from tinyraft.storage import SnapshotInfo
 
 
 class EchoModule:
@@ -102,3 +105,39 @@ def test_batched_apply_answers_as_one_command_at_a_time(
     asyncio.run(apply_in_batches())
     assert member.answers == expected
     assert applier.sessions.encode() == expected_table.encode()
+
+
+class DownModule:
+    """A Module that cannot be reached: every call fails."""
+
+    address = "nowhere"
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []  # the last index of each apply it was sent
+
+    async def apply(
+        self, after: int, indexes: list[int], commands: list[bytes], last: int
+    ) -> list[bytes]:
+        self.asked.append(last)
+        raise ModuleUnavailable("the Module at nowhere: UNAVAILABLE")
+
+    async def info(self) -> None:
+        raise ModuleUnavailable("the Module at nowhere: UNAVAILABLE")
+
+
+def test_entries_stuck_on_a_dead_module_give_way_to_a_snapshot_with_those_behind_them() -> None:
+    """A follower cut off with committed entries it could not apply gets a snapshot
+    past them. It must drop them and every batch queued before the snapshot: applying
+    a later batch on a Module that missed an earlier one (once it answers again)
+    would let reads see a state that never existed."""
+    module = DownModule()
+    applier = Applier(Answers(), module)  # type: ignore[arg-type]
+    stuck = [Entry(1, 1, EntryKind.NORMAL, encode_batch([Command(1, 1, 0, b"a")]))]
+    behind = [Entry(2, 1, EntryKind.NORMAL, encode_batch([Command(1, 2, 0, b"b")]))]
+    snapshot = SnapshotInfo(SnapshotMeta(9, 1), 0, "", Path("snap"), Path("manifest"))
+    applier.queue.extend([behind, snapshot])
+
+    asyncio.run(applier._apply(stuck, answer=False))
+
+    assert list(applier.queue) == [snapshot]
+    assert module.asked == [1] and applier.applied == 0

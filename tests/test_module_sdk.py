@@ -324,6 +324,34 @@ async def test_the_sidecar_applies_on_one_stream_that_outlives_a_refusal() -> No
 
 
 @run_async
+async def test_a_module_that_says_apply_stream_but_lacks_it_still_gets_its_applies() -> None:
+    """A Module may restart as another version than the one that answered Info: an
+    ApplyStream it does not serve (UNIMPLEMENTED) sends the sidecar back to Apply."""
+    from tinyraft.server.module_client import ModuleClient
+
+    class Boastful(pb_grpc.ModuleServicer):  # ApplyStream left UNIMPLEMENTED
+        async def Apply(self, request: Any, context: Any) -> pb.ApplyBatchResponse:
+            return pb.ApplyBatchResponse(packed_results=[b"unary " + c for c in request.commands])
+
+        async def Info(self, request: Any, context: Any) -> pb.InfoResponse:
+            return pb.InfoResponse(instance_id="new", packed_apply=True, apply_stream=True)
+
+    server = grpc.aio.server()
+    pb_grpc.add_ModuleServicer_to_server(Boastful(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = ModuleClient(f"127.0.0.1:{port}")
+    try:
+        await client.info()
+        for n in range(2):  # the second time, straight to Apply
+            assert await client.apply(n, [n + 1], [b"x"], n + 1) == [b"unary x"]
+        assert not client.apply_stream
+    finally:
+        await client.close()
+        await server.stop(None)
+
+
+@run_async
 async def test_grpc_health_reports_serving() -> None:
     async with serving(Journal()) as (_, channel):
         health = health_pb2_grpc.HealthStub(channel)

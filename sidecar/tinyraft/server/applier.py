@@ -159,7 +159,8 @@ class Applier:
                 continue
             item = self.queue.popleft()
             if isinstance(item, SnapshotInfo):
-                await self._restore(item)
+                async with self._lock:  # not while a rebuild (after a read) restores too
+                    await self._restore(item)
                 continue
             entries = list(item)
             if self.m.core.role is not Role.LEADER:
@@ -176,7 +177,10 @@ class Applier:
                     self.applied - self.snapshot_index >= cfg.snapshot_entries
                     or self._bytes_since_snapshot >= cfg.snapshot_bytes
                 ):
-                    await self._snapshot()
+                    try:
+                        await self._snapshot()
+                    except ModuleUnavailable as err:  # the applier must go on: try later
+                        log.warning("snapshot postponed: %s", err)
 
     async def _apply(self, entries: list[Entry], answer: bool) -> None:
         entries = [e for e in entries if e.index > self.applied]
@@ -200,11 +204,10 @@ class Applier:
                     answer = False
                 log.error("%s; the member keeps running and retries", err)
                 await asyncio.sleep(0.2)
-                if any(
-                    isinstance(item, SnapshotInfo) and item.meta.index >= last
-                    for item in self.queue
-                ):
-                    return  # a snapshot queued behind takes the Module past these entries
+                if self._superseded(last):
+                    return
+                with contextlib.suppress(ModuleUnavailable):
+                    await self.module.info()  # it may be back as another version
         self.m.metrics.apply_duration.observe(time.perf_counter() - started)
         self.module_ready = True
         fill = self.sessions.fill
@@ -218,6 +221,18 @@ class Applier:
                 if m.is_waiting(index):  # only the leader has callers to answer
                     out = [results[a] if type(a) is int else a for a in answers]
                     m.entry_applied(index, term, out)  # type: ignore[arg-type]
+
+    def _superseded(self, last: int) -> bool:
+        """Whether a queued snapshot takes the Module past index `last`. If so, the
+        entries queued before it go too: a member installs a snapshot only past its
+        commit index, so it covers them, and applying them on a Module that missed
+        the batch before would give reads a state that never existed."""
+        for position, item in enumerate(self.queue):
+            if isinstance(item, SnapshotInfo) and item.meta.index >= last:
+                for _ in range(position):
+                    self.queue.popleft()
+                return True
+        return False
 
     def _plan(self, entries: list[Entry]) -> _Plan:
         """Run the session table over the batch exactly as if each command were applied

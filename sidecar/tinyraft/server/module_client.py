@@ -109,6 +109,12 @@ class ModuleClient:
         except asyncio.InvalidStateError as err:  # it ended just before the write
             self._drop_stream()
             raise ModuleUnavailable(f"the Module at {self.address} ended its ApplyStream") from err
+        except grpc.aio.AioRpcError as err:
+            self._drop_stream()
+            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self.apply_stream = False  # a Module that said it serves one, and does not
+            return await self.stub.Apply(request, timeout=APPLY_TIMEOUT_S)
         except BaseException:
             self._drop_stream()
             raise
