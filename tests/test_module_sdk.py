@@ -55,6 +55,24 @@ async def serving_at(
 
 
 @contextlib.asynccontextmanager
+async def client_of(servicer: pb_grpc.ModuleServicer) -> AsyncIterator[Any]:
+    """The sidecar's ModuleClient of a hand-written servicer (a Module in another
+    language, or another version of the contract) on a port the OS picks."""
+    from tinyraft.server.module_client import ModuleClient
+
+    server = grpc.aio.server()
+    pb_grpc.add_ModuleServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = ModuleClient(f"127.0.0.1:{port}")
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.stop(None)
+
+
+@contextlib.asynccontextmanager
 async def serving(module: Module) -> AsyncIterator[tuple[pb_grpc.ModuleStub, grpc.aio.Channel]]:
     async with serving_at(module) as address, grpc.aio.insecure_channel(address) as channel:
         yield pb_grpc.ModuleStub(channel), channel
@@ -241,7 +259,6 @@ async def test_query_batch_answers_each_question_and_refuses_only_the_bad_one() 
 @run_async
 async def test_the_sidecar_speaks_the_older_contract_to_a_module_written_for_it() -> None:
     """A Module without QueryBatch and without the packed Apply form still works."""
-    from tinyraft.server.module_client import ModuleClient
 
     class OldModule(pb_grpc.ModuleServicer):  # QueryBatch left UNIMPLEMENTED
         async def Apply(self, request: Any, context: Any) -> pb.ApplyBatchResponse:
@@ -256,21 +273,13 @@ async def test_the_sidecar_speaks_the_older_contract_to_a_module_written_for_it(
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown query what")
             return pb.ModuleQueryResponse(answer=b"answer to " + request.request)
 
-    server = grpc.aio.server()
-    pb_grpc.add_ModuleServicer_to_server(OldModule(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    client = ModuleClient(f"127.0.0.1:{port}")
-    try:
+    async with client_of(OldModule()) as client:
         await client.info()
         assert await client.apply(0, [1, 1, 2], [b"a", b"b", b"c"], 2) == [b"1:a", b"1:b", b"2:c"]
         for _ in range(2):  # the second time, straight to Query
             answers, errors = await client.query_batch([b"a", b"what", b"b"], TIMEOUT, 0)
             assert answers == [b"answer to a", b"", b"answer to b"]
             assert errors == {1: "unknown query what"}
-    finally:
-        await client.close()
-        await server.stop(None)
 
 
 @run_async
@@ -327,7 +336,6 @@ async def test_the_sidecar_applies_on_one_stream_that_outlives_a_refusal() -> No
 async def test_a_module_that_says_apply_stream_but_lacks_it_still_gets_its_applies() -> None:
     """A Module may restart as another version than the one that answered Info: an
     ApplyStream it does not serve (UNIMPLEMENTED) sends the sidecar back to Apply."""
-    from tinyraft.server.module_client import ModuleClient
 
     class Boastful(pb_grpc.ModuleServicer):  # ApplyStream left UNIMPLEMENTED
         async def Apply(self, request: Any, context: Any) -> pb.ApplyBatchResponse:
@@ -336,19 +344,11 @@ async def test_a_module_that_says_apply_stream_but_lacks_it_still_gets_its_appli
         async def Info(self, request: Any, context: Any) -> pb.InfoResponse:
             return pb.InfoResponse(instance_id="new", packed_apply=True, apply_stream=True)
 
-    server = grpc.aio.server()
-    pb_grpc.add_ModuleServicer_to_server(Boastful(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    client = ModuleClient(f"127.0.0.1:{port}")
-    try:
+    async with client_of(Boastful()) as client:
         await client.info()
         for n in range(2):  # the second time, straight to Apply
             assert await client.apply(n, [n + 1], [b"x"], n + 1) == [b"unary x"]
         assert not client.apply_stream
-    finally:
-        await client.close()
-        await server.stop(None)
 
 
 @run_async

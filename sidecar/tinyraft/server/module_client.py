@@ -90,8 +90,17 @@ class ModuleClient:
     async def _send_apply(self, request: mpb.ApplyBatchRequest) -> mpb.ApplyBatchResponse:
         """One Apply round trip: on the Module's ApplyStream when it serves one (a
         stream message costs a third of a unary call), else unary. Fails like Apply."""
-        if not self.apply_stream:
-            return await self.stub.Apply(request, timeout=APPLY_TIMEOUT_S)
+        if self.apply_stream:
+            try:
+                return await self._stream_apply(request)
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self.apply_stream = False  # a Module that said it serves one, and does not
+        return await self.stub.Apply(request, timeout=APPLY_TIMEOUT_S)
+
+    async def _stream_apply(self, request: mpb.ApplyBatchRequest) -> mpb.ApplyBatchResponse:
+        """One request and its answer on the open ApplyStream; any failure closes it."""
         if self._stream is None or self._stream.done():  # none yet, or the Module restarted
             self._stream = self.stub.ApplyStream()
         stream = self._stream
@@ -102,22 +111,18 @@ class ModuleClient:
 
         try:
             reply = await asyncio.wait_for(round_trip(), APPLY_TIMEOUT_S)
-            if reply is grpc.aio.EOF:
+        except BaseException as err:
+            self._drop_stream()
+            if isinstance(err, asyncio.InvalidStateError):  # it ended just before the write
                 raise ModuleUnavailable(
-                    f"the Module at {self.address} ended its ApplyStream without an answer"
-                )
-        except asyncio.InvalidStateError as err:  # it ended just before the write
-            self._drop_stream()
-            raise ModuleUnavailable(f"the Module at {self.address} ended its ApplyStream") from err
-        except grpc.aio.AioRpcError as err:
-            self._drop_stream()
-            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            self.apply_stream = False  # a Module that said it serves one, and does not
-            return await self.stub.Apply(request, timeout=APPLY_TIMEOUT_S)
-        except BaseException:
-            self._drop_stream()
+                    f"the Module at {self.address} ended its ApplyStream"
+                ) from err
             raise
+        if reply is grpc.aio.EOF:
+            self._drop_stream()
+            raise ModuleUnavailable(
+                f"the Module at {self.address} ended its ApplyStream without an answer"
+            )
         return reply
 
     def _drop_stream(self) -> None:
