@@ -56,11 +56,13 @@ CRD_PATH = ROOT / "charts" / "tinyraft-operator" / "crds" / "raftcluster.yaml"
 RC_API = "/apis/tinyraft.dev/v1alpha1"
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the test process goes away, however it goes."""
-    import ctypes
+def _dies_with_parent(argv: list[str]) -> list[str]:
+    """argv, run so that it gets SIGKILL when the test process goes away, however it goes.
 
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    util-linux's setpriv sets PR_SET_PDEATHSIG and execs. Not a preexec_fn: Python code
+    run between fork and exec in this multi-threaded process can deadlock the child, and
+    Popen with it (a CI run hung for ever on one)."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
 
 
 def wait_for[T](condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -632,12 +634,11 @@ class Nodes:
                env: dict[str, str]) -> subprocess.Popen[bytes]:  # fmt: skip
         with self._log(run, what).open("ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "tinyraft.cli", *args],
+                _dies_with_parent([sys.executable, "-m", "tinyraft.cli", *args]),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **env},
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
 
     def _keep_running(self, run: RunningPod) -> None:
@@ -824,7 +825,7 @@ class OperatorProcess:
         with self.log.open("ab") as out:
             out.write(f"\n===== operator start #{self.starts} {argv} {env}\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, *argv[1:]],
+                _dies_with_parent([sys.executable, *argv[1:]]),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={
@@ -838,7 +839,6 @@ class OperatorProcess:
                     **env,
                 },
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )  # fmt: skip
 
     def wait_exit(self, timeout: float) -> int:
