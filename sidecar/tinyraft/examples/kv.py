@@ -33,6 +33,10 @@ def _dump(value: Any) -> bytes:
 
 
 _OK = _dump({"ok": True})  # a put's result, encoded once: it is most of what apply returns
+# Built once: json.loads(bytes) first guesses the encoding, and json.dumps with any
+# option builds an encoder per call; each cost more than the parse or dump itself.
+_decode = json.JSONDecoder().decode
+_encode_string = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _show(value: Any) -> str:
@@ -43,7 +47,7 @@ def _show(value: Any) -> str:
 def _parse(raw: bytes, fields_by_op: dict[str, set[str]]) -> dict[str, Any]:
     """Decode a JSON command and check its op and exact field set."""
     try:
-        cmd = json.loads(raw)
+        cmd = _decode(raw.decode())  # commands are UTF-8
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a JSON object: {exc}") from None
     if not isinstance(cmd, dict):
@@ -89,7 +93,7 @@ class KvModule(Module):
         value = self.data.get(_string(cmd, "key"))
         # = _dump({"value": value}), spelled out: the dict and key sorting cost more
         # than the rest of a get (tests/test_examples.py holds them equal).
-        return b'{"value":' + json.dumps(value, ensure_ascii=False).encode() + b"}"
+        return b'{"value":' + _encode_string(value).encode() + b"}"
 
     def snapshot(self) -> bytes:
         return _dump(self.data)
