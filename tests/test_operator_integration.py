@@ -135,8 +135,19 @@ def test_create_three(operator: K8sEnv) -> None:
     assert any(r == "EvenReplicas" for r, _ in reasons(env, ns, name))
     assert sts(env, ns, name)["spec"]["replicas"] == 3
     assert not [r for r, _ in reasons(env, ns, name)[before:] if r == "AddLearner"]
+    # Someone edits an owned Service: a label added to its selector would make it
+    # select no pod. The operator puts the selector back whole, on the next spec
+    # change (here: resuming) or within ENSURE_EVERY_S.
+    svc_url = f"/api/v1/namespaces/{ns}/services/{name}"
+    selector = env.api.get(svc_url)["spec"]["selector"]  # type: ignore[index]
+    env.api.patch(svc_url, {"spec": {"selector": {"extra": "label"}}})
     env.patch_rc(ns, name, {"spec": {"paused": False, "replicas": 3}})
     converged(env, ns, name, 3)
+    wait_for(
+        lambda: env.api.get(svc_url)["spec"]["selector"] == selector,  # type: ignore[index]
+        10,
+        "the operator to restore the client Service's selector",
+    )
     metrics = env.operator.metrics()
     assert re.search(r'tinyraft_operator_membership_changes_total\{kind="promote"\} [1-9]', metrics)
     assert re.search(r'tinyraft_operator_reconciles_total\{result="converged"\} [1-9]', metrics)

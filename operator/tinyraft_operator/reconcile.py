@@ -257,6 +257,11 @@ def _differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     return False
 
 
+# Spec fields owned whole: a label someone added to a selector makes it select no pod
+# (or other pods), and neither _differs nor a merge patch sees or removes an extra key.
+_OWNED_WHOLE = ("selector",)
+
+
 async def _ensure(rt: Runtime, kind: str, spec: ClusterSpec, desired: dict[str, Any]) -> None:
     url = path(kind, spec.namespace, desired["metadata"]["name"])
     existing = await rt.kube.get(url)
@@ -267,8 +272,12 @@ async def _ensure(rt: Runtime, kind: str, spec: ClusterSpec, desired: dict[str, 
             if exc.status != 409:
                 raise
         return
-    if _differs(existing.get("spec") or {}, desired["spec"]):
-        await rt.kube.patch(url, {"spec": desired["spec"]})
+    have, want = existing.get("spec") or {}, desired["spec"]
+    if _differs(have, want):
+        await rt.kube.patch(url, {"spec": want})
+    for key in _OWNED_WHOLE:
+        if key in want and have.get(key) != want[key]:
+            await rt.kube.replace_at(url, f"/spec/{key}", want[key])
 
 
 async def ensure_objects(rt: Runtime, spec: ClusterSpec, sts: dict[str, Any] | None,
