@@ -125,6 +125,9 @@ def test_kv_get_answers_are_the_canonical_json_of_the_value(key: str, value: str
         (b"put k v", "not a JSON object"),
         (b"\xff\xfe\x00", "not a JSON object"),
         (b'["put", "k", "v"]', "not a JSON object"),
+        (b'{"op":"put","key":"k","value":"v"} x', "not a JSON object: Extra data"),
+        (b'{"op":"put","key":"k","value":"v"}{}', "not a JSON object: Extra data"),
+        (b"", "not a JSON object: Expecting value"),
         ({"op": "delete", "key": "k"}, "unknown op 'delete'"),
         ({"op": ["put"], "key": "k"}, "unknown op"),
         ({"key": "k", "value": "v"}, "unknown op None"),
@@ -148,6 +151,12 @@ def test_kv_bad_commands_are_error_results_and_change_nothing(command: Any, prob
             assert await kv.query({"op": "get", "key": "k"}) == b'{"value":"before"}'
 
     asyncio.run(scenario())
+
+
+def test_kv_reads_json_as_json_loads_does_whitespace_and_all() -> None:
+    module = KvModule()
+    assert module.apply(b' \n{ "op" : "put", "key": "k", "value": "v" }\t', 1) == b'{"ok":true}'
+    assert module.query(b'  {"op":"get","key":"k"}\r\n') == b'{"value":"v"}'
 
 
 def test_kv_bad_queries_are_invalid_argument() -> None:

@@ -35,8 +35,18 @@ def _dump(value: Any) -> bytes:
 _OK = _dump({"ok": True})  # a put's result, encoded once: it is most of what apply returns
 # Built once: json.loads(bytes) first guesses the encoding, and json.dumps with any
 # option builds an encoder per call; each cost more than the parse or dump itself.
-_decode = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
 _encode_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _loads(text: str) -> Any:
+    """json.loads: the scanner alone when the text is one bare value (what clients
+    send), the whole decoder (whitespace around it, the error message) otherwise."""
+    try:  # not contextlib.suppress: it would cost as much as the scan
+        value, end = _decoder.raw_decode(text)
+    except json.JSONDecodeError:
+        return _decoder.decode(text)
+    return value if end == len(text) else _decoder.decode(text)
 
 
 def _show(value: Any) -> str:
@@ -47,7 +57,7 @@ def _show(value: Any) -> str:
 def _parse(raw: bytes, fields_by_op: dict[str, set[str]]) -> dict[str, Any]:
     """Decode a JSON command and check its op and exact field set."""
     try:
-        cmd = _decode(raw.decode())  # commands are UTF-8
+        cmd = _loads(raw.decode())  # commands are UTF-8
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a JSON object: {exc}") from None
     if not isinstance(cmd, dict):
