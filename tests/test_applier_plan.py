@@ -84,6 +84,42 @@ commands = st.builds(
 def test_batched_apply_answers_as_one_command_at_a_time(
     batches: list[list[Command]], cuts: list[int], max_sessions: int, ttl: int
 ) -> None:
+    applies_as_one_at_a_time(batches, cuts, max_sessions, ttl)
+
+
+def run_of(client: int, first_seq: int, ack_below: int, count: int) -> list[Command]:
+    return [
+        Command(client, first_seq + i, ack_below, b"abc"[i % 3 : i % 3 + 1]) for i in range(count)
+    ]
+
+
+# What Callers send: runs of one client's consecutive commands (which the applier takes
+# a run at a time), overlapping earlier ones when a request is retried.
+runs = st.builds(
+    run_of, st.integers(1, 3), st.integers(1, 12), st.integers(0, 8), st.integers(1, 5)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(runs, max_size=3).map(lambda rs: [c for r in rs for c in r]),
+        min_size=1,
+        max_size=20,
+    ),
+    st.lists(st.integers(1, 6), min_size=20, max_size=20),
+    st.integers(1, 4),
+    st.integers(1, 8),
+)
+def test_batched_runs_answer_as_one_command_at_a_time(
+    batches: list[list[Command]], cuts: list[int], max_sessions: int, ttl: int
+) -> None:
+    applies_as_one_at_a_time(batches, cuts, max_sessions, ttl)
+
+
+def applies_as_one_at_a_time(
+    batches: list[list[Command]], cuts: list[int], max_sessions: int, ttl: int
+) -> None:
     entries = [
         Entry(index=i, term=1, kind=EntryKind.NORMAL, data=encode_batch(cmds) if cmds else b"")
         for i, cmds in enumerate(batches, 1)

@@ -3,6 +3,8 @@ deterministic expiry, snapshots of the table, and the command batch encoding."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from tinyraft.core.sessions import (
     SessionTable,
     Verdict,
     decode_batch,
+    decode_runs,
     encode_batch,
 )
 
@@ -132,8 +135,15 @@ def test_sessions_survive_a_snapshot(before: list[Command], after: list[Command]
 def test_command_batches_round_trip(cmds: list[Command]) -> None:
     data = encode_batch(cmds)
     assert decode_batch(data) == cmds
-    with pytest.raises(ValueError):
-        decode_batch(data + b"\0")
+    runs = decode_runs(data)
+    assert [c for r in runs for c in r.commands()] == cmds
+    for a, b in itertools.pairwise(runs):  # each run is as long as it can be
+        assert (b.client, b.first_seq, b.ack_below) != (
+            a.client, a.first_seq + len(a.payloads), a.ack_below
+        )  # fmt: skip
+    for decode in (decode_batch, decode_runs):
+        with pytest.raises(ValueError):
+            decode(data + b"\0")
 
 
 def test_a_retry_after_eviction_is_never_applied_twice() -> None:

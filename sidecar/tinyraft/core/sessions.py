@@ -73,6 +73,47 @@ def decode_batch(data: bytes) -> list[Command]:
     return out
 
 
+class Run(NamedTuple):
+    """Consecutive commands of one client, numbered first_seq, first_seq + 1, ..., with
+    one ack_below: what one request's commands are (encode_run), so most batches are a
+    few runs. The table and the applier take a run in one step, not one per command."""
+
+    client: int
+    first_seq: int
+    ack_below: int
+    payloads: list[bytes]
+
+    def commands(self) -> list[Command]:
+        c, a = self.client, self.ack_below
+        return [Command(c, seq, a, p) for seq, p in enumerate(self.payloads, self.first_seq)]
+
+
+def decode_runs(data: bytes) -> list[Run]:
+    """decode_batch, grouped into runs."""
+    try:
+        (count,) = _COUNT.unpack_from(data, 0)
+        pos = _COUNT.size
+        runs: list[Run] = []
+        unpack, size = _COMMAND.unpack_from, _COMMAND.size
+        client = next_seq = ack = -1
+        payloads: list[bytes] = []
+        for _ in range(count):
+            c, seq, a, n = unpack(data, pos)
+            pos += size
+            if c != client or seq != next_seq or a != ack:
+                payloads = []
+                runs.append(Run(c, seq, a, payloads))
+                client, ack = c, a
+            payloads.append(data[pos : pos + n])
+            next_seq = seq + 1
+            pos += n
+    except struct.error as err:
+        raise ValueError(f"malformed command batch: {err}") from None
+    if pos != len(data):
+        raise ValueError("malformed command batch: trailing or missing bytes")
+    return runs
+
+
 class Verdict(enum.Enum):
     NEW = "new"  # apply it, then record the result
     DUPLICATE = "duplicate"  # already applied: answer with the cached result
@@ -108,10 +149,46 @@ class SessionTable:
         applies it, in one pass."""
         return self._judge(cmd, index, True)
 
-    def _judge(self, cmd: Command, index: int, admit: bool) -> tuple[Verdict, bytes]:
+    def admit_run(self, run: Run, index: int) -> bool:
+        """admit() for every command of the run, in one step, when each would be NEW
+        in a session that exists: True, and they are recorded. Otherwise False and
+        nothing changed: admit them one by one."""
+        self._expire_once(index)
+        s = self._sessions.get(run.client)
+        if s is None:
+            return False  # a new session (or an expired one): the rare path
+        seqs = range(run.first_seq, run.first_seq + len(run.payloads))
+        results = s.results
+        # Each command would first raise acked (only the first can: one ack_below),
+        # forgetting results below it, then find no cached result and no stale seq.
+        if run.first_seq < max(s.acked, run.ack_below) or not results.keys().isdisjoint(seqs):
+            return False
+        self._sessions.move_to_end(run.client)
+        s.last_index = index
+        if run.ack_below > s.acked:
+            s.acked = run.ack_below
+            for seq in [q for q in results if q < s.acked]:
+                del results[seq]
+        results.update(dict.fromkeys(seqs, b""))
+        return True
+
+    def fill_run(self, run: Run, results: Sequence[bytes]) -> None:
+        """fill() for each command of the run, with its result."""
+        s = self._sessions.get(run.client)
+        if s is None:
+            return
+        recorded = s.results
+        for seq, result in enumerate(results, run.first_seq):
+            if seq in recorded:
+                recorded[seq] = result
+
+    def _expire_once(self, index: int) -> None:
         if index != self._expired_at:  # expiry depends on the index alone: once per entry
             self._expire(index)
             self._expired_at = index
+
+    def _judge(self, cmd: Command, index: int, admit: bool) -> tuple[Verdict, bytes]:
+        self._expire_once(index)
         s = self._sessions.get(cmd.client)
         if s is None:
             if cmd.ack_below > 1 or cmd.client in self._tombstones:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import struct
 import time
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tinyraft.core.sessions import Command, SessionTable, Verdict, decode_batch
+from tinyraft.core.sessions import Command, Run, SessionTable, Verdict, decode_runs
 from tinyraft.core.types import Entry, EntryKind, Role, SnapshotMeta
 from tinyraft.server.module_client import ModuleClient, ModuleOutOfSync, ModuleUnavailable
 from tinyraft.storage import SnapshotInfo
@@ -56,8 +57,18 @@ class _Plan:
     answers: list[tuple[int, int, list[Result | int]]] = field(default_factory=list)
     indexes: list[int] = field(default_factory=list)  # the Module's commands: log indexes,
     commands: list[bytes] = field(default_factory=list)  # payloads,
-    fresh: list[Command] = field(default_factory=list)  # and the commands themselves
+    # and the NEW commands as runs, with each run's first slot: to fill the table in.
+    fresh: list[tuple[Run, int]] = field(default_factory=list)
     count: int = 0
+
+
+def _slot_of(plan: _Plan, cmd: Command, cached: bytes) -> Result | int:
+    """A retry committed in the same batch as its original gets the original's result
+    (its slot), not the table's placeholder; an older one gets the cached result."""
+    for run, slot in reversed(plan.fresh):
+        if run.client == cmd.client and 0 <= cmd.seq - run.first_seq < len(run.payloads):
+            return slot + cmd.seq - run.first_seq
+    return cached
 
 
 def split_snapshot(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
@@ -210,9 +221,9 @@ class Applier:
                     await self.module.info()  # it may be back as another version
         self.m.metrics.apply_duration.observe(time.perf_counter() - started)
         self.module_ready = True
-        fill = self.sessions.fill
-        for cmd, result in zip(plan.fresh, results, strict=True):
-            fill(cmd, result)
+        fill = self.sessions.fill_run
+        for run, slot in plan.fresh:
+            fill(run, results[slot : slot + len(run.payloads)])
         self.m.metrics.proposals_applied.inc(plan.count)
         self._advance(last)
         if answer:
@@ -239,27 +250,36 @@ class Applier:
         on its own (so every member reaches the same table, however it batches), noting
         which commands the Module must apply. Results are filled in afterwards."""
         plan = _Plan()
-        admit = self.sessions.admit
-        # (client, seq) -> slot of its latest NEW in this batch: a retry committed in
-        # the same batch as its original gets the original's result, not a placeholder.
-        slots: dict[tuple[int, int], int] = {}
+        sessions = self.sessions
         for e in entries:
             answers: list[Result | int] = []
             plan.answers.append((e.index, e.term, answers))
             if e.kind is not EntryKind.NORMAL or not e.data:
                 continue
-            for cmd in decode_batch(e.data):
-                verdict, cached = admit(cmd, e.index)
-                if verdict is Verdict.NEW:
-                    slots[(cmd.client, cmd.seq)] = len(plan.commands)
-                    answers.append(len(plan.commands))
-                    plan.indexes.append(e.index)
-                    plan.commands.append(cmd.payload)
-                    plan.fresh.append(cmd)
-                elif verdict is Verdict.DUPLICATE:
-                    answers.append(slots.get((cmd.client, cmd.seq), cached))
-                else:
-                    answers.append(Refused(f"session {verdict.value}: start a new Caller session"))
+            for run in decode_runs(e.data):
+                slot, count = len(plan.commands), len(run.payloads)
+                if sessions.admit_run(run, e.index):  # all NEW: the usual case
+                    answers.extend(range(slot, slot + count))
+                    plan.indexes.extend(itertools.repeat(e.index, count))
+                    plan.commands.extend(run.payloads)
+                    plan.fresh.append((run, slot))
+                    continue
+                for cmd in run.commands():
+                    verdict, cached = sessions.admit(cmd, e.index)
+                    if verdict is Verdict.NEW:
+                        answers.append(len(plan.commands))
+                        plan.fresh.append(
+                            (Run(cmd.client, cmd.seq, cmd.ack_below, [cmd.payload]),
+                             len(plan.commands))
+                        )  # fmt: skip
+                        plan.indexes.append(e.index)
+                        plan.commands.append(cmd.payload)
+                    elif verdict is Verdict.DUPLICATE:
+                        answers.append(_slot_of(plan, cmd, cached))
+                    else:
+                        answers.append(
+                            Refused(f"session {verdict.value}: start a new Caller session")
+                        )
             plan.count += len(answers)
         return plan
 
