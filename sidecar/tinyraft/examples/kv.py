@@ -33,6 +33,7 @@ def _dump(value: Any) -> bytes:
 
 
 _OK = _dump({"ok": True})  # a put's result, encoded once: it is most of what apply returns
+_ABSENT = _dump({"value": None})  # json's encoder takes its slow path for null
 # Built once: json.loads(bytes) first guesses the encoding, and json.dumps with any
 # option builds an encoder per call; each cost more than the parse or dump itself.
 _decoder = json.JSONDecoder()
@@ -101,6 +102,8 @@ class KvModule(Module):
     def query(self, request: bytes) -> bytes:
         cmd = _parse(request, _QUERY_FIELDS)
         value = self.data.get(_string(cmd, "key"))
+        if value is None:
+            return _ABSENT
         # = _dump({"value": value}), spelled out: the dict and key sorting cost more
         # than the rest of a get (tests/test_examples.py holds them equal).
         return b'{"value":' + _encode_string(value).encode() + b"}"
