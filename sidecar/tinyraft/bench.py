@@ -75,6 +75,8 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
     tally = _Tally()
     payloads = [_put(k, cfg.size) for k in range(cfg.keys)]
     queries = [json.dumps({"op": "get", "key": f"k{k}"}).encode() for k in range(cfg.keys)]
+    if cfg.reads:  # reads find values, as they would in use, not answers of "absent"
+        await asyncio.gather(*(callers[0].apply(p) for p in payloads))
     start = time.monotonic()
     measure_from = start + cfg.warmup
     end = measure_from + cfg.seconds
