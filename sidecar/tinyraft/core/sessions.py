@@ -151,8 +151,9 @@ class SessionTable:
 
     def admit_run(self, run: Run, index: int) -> bool:
         """admit() for every command of the run, in one step, when each would be NEW
-        in a session that exists: True, and they are recorded. Otherwise False and
-        nothing changed: admit them one by one."""
+        in a session that exists: True, and they are recorded. Otherwise False, and
+        nothing changed but the expiry at `index` (which admit() would do first
+        anyway): admit them one by one."""
         self._expire_once(index)
         s = self._sessions.get(run.client)
         if s is None:

@@ -60,15 +60,32 @@ class _Plan:
     # and the NEW commands as runs, with each run's first slot: to fill the table in.
     fresh: list[tuple[Run, int]] = field(default_factory=list)
     count: int = 0
+    # (client, seq) -> slot of each NEW command; built at the batch's first retry only.
+    slots: dict[tuple[int, int], int] | None = None
 
+    def add_new(self, run: Run, index: int) -> range:
+        """Queue the run's commands, applied at log `index`, for the Module: their slots."""
+        slot = len(self.commands)
+        self.indexes.extend(itertools.repeat(index, len(run.payloads)))
+        self.commands.extend(run.payloads)
+        self.fresh.append((run, slot))
+        if self.slots is not None:
+            self._index(run, slot)
+        return range(slot, len(self.commands))
 
-def _slot_of(plan: _Plan, cmd: Command, cached: bytes) -> Result | int:
-    """A retry committed in the same batch as its original gets the original's result
-    (its slot), not the table's placeholder; an older one gets the cached result."""
-    for run, slot in reversed(plan.fresh):
-        if run.client == cmd.client and 0 <= cmd.seq - run.first_seq < len(run.payloads):
-            return slot + cmd.seq - run.first_seq
-    return cached
+    def slot_of(self, cmd: Command, cached: bytes) -> Result | int:
+        """A retry committed in the same batch as its original gets the original's
+        result (its slot), not the table's placeholder; an older one the cached result."""
+        if self.slots is None:
+            self.slots = {}
+            for run, slot in self.fresh:
+                self._index(run, slot)
+        return self.slots.get((cmd.client, cmd.seq), cached)
+
+    def _index(self, run: Run, slot: int) -> None:
+        assert self.slots is not None
+        for i in range(len(run.payloads)):
+            self.slots[(run.client, run.first_seq + i)] = slot + i
 
 
 def split_snapshot(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
@@ -257,25 +274,16 @@ class Applier:
             if e.kind is not EntryKind.NORMAL or not e.data:
                 continue
             for run in decode_runs(e.data):
-                slot, count = len(plan.commands), len(run.payloads)
                 if sessions.admit_run(run, e.index):  # all NEW: the usual case
-                    answers.extend(range(slot, slot + count))
-                    plan.indexes.extend(itertools.repeat(e.index, count))
-                    plan.commands.extend(run.payloads)
-                    plan.fresh.append((run, slot))
+                    answers.extend(plan.add_new(run, e.index))
                     continue
                 for cmd in run.commands():
                     verdict, cached = sessions.admit(cmd, e.index)
                     if verdict is Verdict.NEW:
-                        answers.append(len(plan.commands))
-                        plan.fresh.append(
-                            (Run(cmd.client, cmd.seq, cmd.ack_below, [cmd.payload]),
-                             len(plan.commands))
-                        )  # fmt: skip
-                        plan.indexes.append(e.index)
-                        plan.commands.append(cmd.payload)
+                        one = Run(cmd.client, cmd.seq, cmd.ack_below, [cmd.payload])
+                        answers.extend(plan.add_new(one, e.index))
                     elif verdict is Verdict.DUPLICATE:
-                        answers.append(_slot_of(plan, cmd, cached))
+                        answers.append(plan.slot_of(cmd, cached))
                     else:
                         answers.append(
                             Refused(f"session {verdict.value}: start a new Caller session")
