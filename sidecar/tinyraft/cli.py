@@ -257,7 +257,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--size", type=_positive, default=128, help="command size in bytes")
     bench.add_argument("--seconds", type=_seconds, default=10.0, help="measured duration")
-    bench.add_argument("--reads", type=_fraction, default=0.0, help="fraction of queries, 0..1")
+    bench.add_argument(
+        "--reads",
+        type=_fraction,
+        default=0.0,
+        help="fraction of queries, 0..1 (every key is written once before such a run)",
+    )
     bench.add_argument(
         "--rate",
         type=_rate,
