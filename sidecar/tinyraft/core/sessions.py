@@ -55,24 +55,6 @@ def encode_batch(commands: list[Command]) -> bytes:
     return join_records((encode_records(commands),), len(commands))
 
 
-def decode_batch(data: bytes) -> list[Command]:
-    try:
-        (count,) = _COUNT.unpack_from(data, 0)
-        pos = _COUNT.size
-        out = []
-        unpack, size, make = _COMMAND.unpack_from, _COMMAND.size, Command._make
-        for _ in range(count):
-            client, seq, ack_below, n = unpack(data, pos)
-            pos += size
-            out.append(make((client, seq, ack_below, data[pos : pos + n])))
-            pos += n
-    except struct.error as err:
-        raise ValueError(f"malformed command batch: {err}") from None
-    if pos != len(data):
-        raise ValueError("malformed command batch: trailing or missing bytes")
-    return out
-
-
 class Run(NamedTuple):
     """Consecutive commands of one client, numbered first_seq, first_seq + 1, ..., with
     one ack_below: what one request's commands are (encode_run), so most batches are a
@@ -89,7 +71,7 @@ class Run(NamedTuple):
 
 
 def decode_runs(data: bytes) -> list[Run]:
-    """decode_batch, grouped into runs."""
+    """A batch's commands, in runs as long as they can be. ValueError if malformed."""
     try:
         (count,) = _COUNT.unpack_from(data, 0)
         pos = _COUNT.size
@@ -112,6 +94,11 @@ def decode_runs(data: bytes) -> list[Run]:
     if pos != len(data):
         raise ValueError("malformed command batch: trailing or missing bytes")
     return runs
+
+
+def decode_batch(data: bytes) -> list[Command]:
+    """A batch's commands, one by one."""
+    return [cmd for run in decode_runs(data) for cmd in run.commands()]
 
 
 class Verdict(enum.Enum):
