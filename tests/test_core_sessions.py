@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tinyraft.core.sessions import (
     Command,
+    Run,
     SessionTable,
     Verdict,
     decode_batch,
@@ -104,7 +105,7 @@ def test_admitting_a_batch_decides_as_checking_and_recording_each_command(
             one_by_one.record(cmd, index, b"r%d" % index)
         assert batch.admit(cmd, index) == (verdict, cached)
         if verdict is Verdict.NEW:
-            batch.fill(cmd, b"r%d" % index)
+            batch.fill_run(Run(cmd.client, cmd.seq, cmd.ack_below, [cmd.payload]), [b"r%d" % index])
     assert batch.encode() == one_by_one.encode()
 
 

@@ -161,7 +161,9 @@ class SessionTable:
         return True
 
     def fill_run(self, run: Run, results: Sequence[bytes]) -> None:
-        """fill() for each command of the run, with its result."""
+        """Set the results of a run's commands recorded before their results were known
+        (the sidecar admits a whole batch, then asks the Module). Gone sessions and
+        results stay gone."""
         s = self._sessions.get(run.client)
         if s is None:
             return
@@ -208,13 +210,6 @@ class SessionTable:
         self._sessions.move_to_end(cmd.client)
         while len(self._sessions) > self.max_sessions:
             self._forget(next(iter(self._sessions)))
-
-    def fill(self, cmd: Command, result: bytes) -> None:
-        """Set the result of a command recorded before its result was known (the
-        sidecar records a whole batch, then asks the Module). Gone sessions stay gone."""
-        s = self._sessions.get(cmd.client)
-        if s is not None and cmd.seq in s.results:
-            s.results[cmd.seq] = result
 
     def _expire(self, index: int) -> None:
         sessions = self._sessions
