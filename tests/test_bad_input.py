@@ -213,6 +213,29 @@ def test_bad_packed_requests_are_refused_naming_the_field(cluster: LocalCluster)
     apply_works(cluster, "after-bad-packed")
 
 
+def test_a_bad_request_on_an_apply_stream_is_refused_alone(cluster: LocalCluster) -> None:
+    """On ApplyStream a refusal answers its own request: the stream goes on, the
+    requests around it are applied, and a follower names the leader it forwarded to."""
+    leader = leader_of(cluster)
+    leader_address = cluster.members[leader].address
+    for n, member in enumerate(cluster.members):
+        client = 90 + n
+        requests = [
+            cpb.ApplyRequest(client_id=client, first_sequence=1, payloads=[put(f"s{n}a", "1")]),
+            cpb.ApplyRequest(client_id=client, first_sequence=2, payloads=[put("s", "x" * 2000)]),
+            cpb.ApplyRequest(client_id=client, first_sequence=2, payloads=[put(f"s{n}b", "2")]),
+        ]
+        first, bad, last = caller_stub(cluster, member).ApplyStream(iter(requests), timeout=10)
+        assert (first.code, list(first.response.packed_results)) == (0, [b'{"ok":true}'])
+        assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], bad
+        assert "payloads[0]" in bad.message and "RAFT_MAX_COMMAND_BYTES" in bad.message, bad
+        assert (last.code, list(last.response.packed_results)) == (0, [b'{"ok":true}'])
+        forwarded = "" if member == leader else leader_address
+        assert first.leader == last.leader == forwarded, (member, first, last)
+        assert (read(cluster, f"s{n}a"), read(cluster, f"s{n}b")) == ("1", "2")
+    all_running(cluster)
+
+
 def test_command_of_exactly_the_limit_is_accepted(cluster: LocalCluster) -> None:
     padding = LIMIT - len(put("edge", ""))
     payload = put("edge", "e" * padding)
@@ -256,18 +279,17 @@ def test_undecodable_request_is_an_error_and_the_member_keeps_serving(
     apply_works(cluster, f"after-garbage-{path.rsplit('/', 1)[1]}")
 
 
-def test_undecodable_peer_stream_ends_and_the_member_keeps_serving(
-    cluster: LocalCluster,
+@pytest.mark.parametrize("path", ["/tinyraft.v1.Peer/Stream", "/tinyraft.v1.Caller/ApplyStream"])
+def test_undecodable_stream_ends_and_the_member_keeps_serving(
+    cluster: LocalCluster, path: str
 ) -> None:
-    """Garbage on the peer stream ends that stream without an answer (the member
-    reads nothing from it) and disturbs nothing. (gRPC ends it with status OK, not an
-    error: harmless, since a peer re-opens any stream that ends.)"""
+    """Garbage on a stream ends that stream without an answer (the member reads
+    nothing from it) and disturbs nothing. (gRPC may end it with status OK, not an
+    error: harmless, since peers and Callers re-open any stream that ends.)"""
     before = terms(cluster)
     for member in cluster.members:
         with cluster.channel(member) as ch:
-            raw = ch.stream_stream(
-                "/tinyraft.v1.Peer/Stream", request_serializer=None, response_deserializer=None
-            )
+            raw = ch.stream_stream(path, request_serializer=None, response_deserializer=None)
             try:
                 answers = list(raw(iter([b"\xff" * 32, b"\x08"]), timeout=5))
             except grpc.RpcError as err:

@@ -43,6 +43,24 @@ Action = Callable[
 ]
 
 
+class Refusal(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+
+
+class OneRequest:
+    """The context of one request on a FakeMember's ApplyStream."""
+
+    leader = ""
+
+    def set_trailing_metadata(self, metadata) -> None:
+        self.leader = dict(metadata).get(LEADER_METADATA_KEY, "")
+
+    async def abort(self, code, details, trailing_metadata=()):
+        self.set_trailing_metadata(trailing_metadata or ((LEADER_METADATA_KEY, self.leader),))
+        raise Refusal(code, details)
+
+
 class FakeMember(caller_pb2_grpc.CallerServicer):
     def __init__(self) -> None:
         self.address = ""
@@ -51,6 +69,7 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
         self.log: list[bytes] = []  # payloads the state machine applied
         self.results: dict[tuple[int, int], bytes] = {}  # (client_id, sequence) -> result
         self.queries: list[caller_pb2.QueryBatchRequest] = []
+        self.streams = 0  # ApplyStream calls
         self._server: grpc.aio.Server | None = None
 
     async def start(self, credentials: grpc.ServerCredentials | None = None) -> "FakeMember":
@@ -102,6 +121,25 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
         return caller_pb2.ApplyResponse(
             results=[caller_pb2.CommandResult(result=r, error=e) for r, e in results]
         )
+
+    serves_streams = True  # False: a member from before ApplyStream
+
+    async def ApplyStream(self, requests, context):
+        # In order, one at a time, each as Apply; a refusal answers its request only.
+        self.streams += 1
+        if not self.serves_streams:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        await context.send_initial_metadata(())
+        async for request in requests:
+            one = OneRequest()
+            try:
+                response = await self.Apply(request, one)
+            except Refusal as r:
+                yield caller_pb2.ApplyStreamResponse(
+                    code=r.code.value[0], message=r.details, leader=one.leader
+                )
+            else:
+                yield caller_pb2.ApplyStreamResponse(response=response, leader=one.leader)
 
     packs_answers = True  # False: a member from before the packed QueryBatch answer
 
@@ -221,6 +259,8 @@ async def test_resource_exhausted_is_retried_with_the_same_sequence():
 @async_test
 async def test_ack_below_grows_as_answers_arrive():
     async with members(1) as (member,):
+        # Unary calls, which can be answered out of order (a stream answers in order).
+        member.serves_streams = False
         async with Caller(member.address, retry=FAST) as caller:
             for payload in (b"a", b"b", b"c"):
                 await caller.apply(payload)
@@ -337,6 +377,18 @@ async def test_an_older_member_gets_the_commands_in_the_form_it_knows():
 
 
 @async_test
+async def test_applies_go_on_one_stream_or_unary_to_a_member_without_it():
+    async with members(2) as (new, old):
+        old.serves_streams = False
+        for member in (new, old):
+            async with Caller(member.address, retry=FAST) as caller:
+                results = await asyncio.gather(*(caller.apply(b"%d" % i) for i in range(50)))
+                assert results == [b"ok:%d" % i for i in range(50)]
+            assert sorted(member.log) == sorted(b"%d" % i for i in range(50)), member.seen()
+        assert new.streams == 1 and old.streams == 1  # refused once, then unary
+
+
+@async_test
 async def test_the_packed_form_carries_one_sessions_consecutive_commands():
     async with members(1) as (member,):
         async with Caller(member.address, retry=FAST) as caller:
@@ -385,14 +437,16 @@ async def test_a_leader_that_goes_down_is_not_waited_for():
         assert follower.log == [b"b"]
 
 
+@pytest.mark.parametrize("streams", [True, False])
 @async_test
-async def test_a_write_forwarded_by_a_follower_sends_the_next_ones_to_the_leader():
+async def test_a_write_forwarded_by_a_follower_sends_the_next_ones_to_the_leader(streams):
     async with members(2) as (leader, follower):
 
         async def forwarded(member, request, context):  # answered, naming the leader
             context.set_trailing_metadata(((LEADER_METADATA_KEY, leader.address),))
 
         follower.script = [forwarded]
+        follower.serves_streams = leader.serves_streams = streams
         async with Caller([follower.address], retry=FAST) as caller:
             assert await caller.apply(b"a") == b"ok:a"
             assert await caller.apply(b"b") == b"ok:b"

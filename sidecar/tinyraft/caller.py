@@ -23,9 +23,11 @@ cluster once idle) and numbers later commands in a fresh one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +235,8 @@ class Caller:
         self._applies = _Batcher(self._apply_request)
         self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
         self._batch_queries = True  # until a member answers QueryBatch UNIMPLEMENTED
+        self._apply_streams: dict[str, _ApplyStream] = {}  # by target
+        self._streams_served = True  # until a member answers ApplyStream UNIMPLEMENTED
         self._packed_applies = True  # until a member refuses the packed Apply form
 
     async def apply(self, command: bytes) -> bytes:
@@ -296,7 +300,7 @@ class Caller:
                 payloads=commands,
             )
             try:
-                response = await self._call("Apply", lambda stub: stub.Apply, request)
+                response = await self._call("Apply", lambda stub: stub.Apply, request, stream=True)
                 return list(response.packed_results), dict(response.errors)
             except InvalidArgument as err:
                 if _OLD_MEMBER_REFUSAL not in str(err):
@@ -386,6 +390,9 @@ class Caller:
 
     async def close(self) -> None:
         self._closed = True
+        streams = list(self._apply_streams.values())
+        self._apply_streams.clear()
+        await asyncio.gather(*(stream.close() for stream in streams))
         channels = [channel for channel, _ in self._channels.values()]
         self._channels.clear()
         await asyncio.gather(*(channel.close() for channel in channels))
@@ -406,8 +413,10 @@ class Caller:
         name: str,
         method: Callable[[caller_pb2_grpc.CallerStub], Callable[..., Any]],  # -> a grpc.aio call
         request: Any,
+        stream: bool = False,
     ) -> Any:
-        """One RPC under the retry policy: the same request every attempt."""
+        """One RPC under the retry policy: the same request every attempt. With stream,
+        an Apply goes on the target's ApplyStream (where members serve it)."""
         if self._closed:
             raise TinyraftError("this Caller is closed; create a new one")
         loop = asyncio.get_running_loop()
@@ -418,22 +427,30 @@ class Caller:
         for attempt in range(1, self._retry.max_attempts + 1):
             target = self._leader or self._targets[self._next_target]
             remaining = deadline - loop.time()
+            hint: str | None
             try:
-                call = method(self._stub(target))(
-                    request,
-                    timeout=min(self._timeout, remaining),
-                    wait_for_ready=self._wait_for_ready and not self._answered,
-                )
-                reply = await call
+                if stream and self._streams_served:
+                    stream_to = self._apply_stream(target)
+                    reply, hint = await stream_to.send(request, min(self._timeout, remaining))
+                else:
+                    call = method(self._stub(target))(
+                        request,
+                        timeout=min(self._timeout, remaining),
+                        wait_for_ready=self._wait_for_ready and not self._answered,
+                    )
+                    reply = await call
+                    hint = _hint_in(await call.trailing_metadata())
                 self._answered = True
                 # A follower that forwarded a write names the leader: go there next time
                 # rather than pay the extra hop on every request.
-                hint = _hint_in(await call.trailing_metadata())
                 if hint and hint != target:
                     self._leader = hint
                 return reply
             except grpc.aio.AioRpcError as err:
                 code = err.code()
+                if stream and code == grpc.StatusCode.UNIMPLEMENTED:
+                    self._streams_served = False  # an older member: unary Apply it is
+                    continue
                 if code not in _RETRYABLE:
                     raise _typed_error(name, target, err) from err
                 failures.append(f"{code.name} from {target}: {err.details()}")
@@ -470,6 +487,13 @@ class Caller:
             self._next_target = (self._next_target + 1) % len(self._targets)
         return False
 
+    def _apply_stream(self, target: str) -> _ApplyStream:
+        stream = self._apply_streams.get(target)
+        if stream is None or stream.ended is not None:
+            wait = self._wait_for_ready and not self._answered
+            stream = self._apply_streams[target] = _ApplyStream(self._stub(target), wait)
+        return stream
+
     def _stub(self, target: str) -> caller_pb2_grpc.CallerStub:
         entry = self._channels.get(target)
         if entry is None:
@@ -483,6 +507,94 @@ class Caller:
                 channel = grpc.aio.secure_channel(target, self._credentials, options=options)
             entry = self._channels[target] = (channel, _new_stub(channel))
         return entry[1]
+
+
+class _ApplyStream:
+    """Apply requests to one member on one long-lived stream: a stream message costs a
+    Python member about half of a unary call. Answers come in the order sent; a
+    refusal answers its request only. A broken stream fails every request waiting on
+    it (the retry policy resends them) and the next request opens a new one."""
+
+    def __init__(self, stub: caller_pb2_grpc.CallerStub, wait_for_ready: bool) -> None:
+        self._call = stub.ApplyStream(wait_for_ready=wait_for_ready)
+        self._opened = False
+        self._waiting: deque[asyncio.Future[caller_pb2.ApplyStreamResponse]] = deque()
+        self._writing = asyncio.Lock()  # gRPC takes one write at a time
+        self.ended: grpc.aio.AioRpcError | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    async def send(
+        self, request: caller_pb2.ApplyRequest, timeout: float
+    ) -> tuple[caller_pb2.ApplyResponse, str]:
+        """The answer, and the leader's address if the member forwarded it there."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[caller_pb2.ApplyStreamResponse] = loop.create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._writing:
+                    if not self._opened:
+                        # A member without ApplyStream answers UNIMPLEMENTED here. (A
+                        # write that races a stream's end turns its status INTERNAL.)
+                        await self._call.initial_metadata()
+                        self._opened = True
+                    if self.ended is not None:
+                        raise self.ended
+                    self._waiting.append(future)
+                    # If the stream broke, the reader fails `future` with the reason.
+                    with contextlib.suppress(Exception):
+                        await self._call.write(request)
+                answer = await future
+        except TimeoutError:
+            # Answers come in order: one overdue holds up the rest. Start afresh.
+            self.end(_stream_error(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer in time"))
+            raise self.ended from None  # type: ignore[misc]
+        if answer.code:
+            code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
+            raise _stream_error(code, answer.message, answer.leader)
+        return answer.response, answer.leader
+
+    async def close(self) -> None:
+        self.end(_stream_error(grpc.StatusCode.CANCELLED, "the Caller was closed"))
+        await self._reader
+
+    def end(self, error: grpc.aio.AioRpcError) -> None:
+        if self.ended is None:
+            self.ended = error
+            self._call.cancel()
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(self.ended)
+
+    async def _read(self) -> None:
+        error = _stream_error(grpc.StatusCode.UNAVAILABLE, "the member ended the stream")
+        try:
+            async for answer in self._call:
+                if not self._waiting:
+                    error = _stream_error(grpc.StatusCode.INTERNAL, "an answer nobody asked for")
+                    break
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(answer)
+        except grpc.aio.AioRpcError as err:
+            error = err
+            if err.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
+                # The connection or the member went away mid-stream (see send()).
+                error = _stream_error(
+                    grpc.StatusCode.UNAVAILABLE, f"the stream broke: {err.details()}"
+                )
+        except asyncio.CancelledError:
+            pass  # end() cancelled the call, or the Caller is closing
+        self.end(error)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _stream_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc.aio.AioRpcError:
+    """An error as a unary Apply would have raised it, hint included."""
+    trailing = grpc.aio.Metadata((LEADER_METADATA_KEY, leader))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details)
 
 
 class _Batcher:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import NoReturn
+from collections.abc import AsyncIterator
+from typing import NoReturn, cast
 
 import grpc
 
@@ -87,6 +88,31 @@ def _role(member: Member) -> str:
     return core.role.value
 
 
+class _StreamRefusal(Exception):
+    """An abort of one request on a stream: it becomes that request's answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, leader: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.leader = code, message, leader
+
+
+class _StreamedRequest:
+    """The part of a ServicerContext that Apply uses, for one request of a stream:
+    an abort raises _StreamRefusal instead of ending the stream."""
+
+    def __init__(self) -> None:
+        self.leader = ""
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.leader = dict(metadata).get(LEADER_KEY, "")
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _StreamRefusal(code, details, self.leader)
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
 class CallerService(caller_pb2_grpc.CallerServicer):
     def __init__(self, member: Member) -> None:
         self.m = member
@@ -111,6 +137,48 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         if m.core.role is not Role.LEADER:
             return await self._forward(request, records, count, context)
         return await self._submit(request, records, count, context)
+
+    async def ApplyStream(
+        self, requests: AsyncIterator[cpb.ApplyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cpb.ApplyStreamResponse]:
+        """Apply on one stream: requests are handled as they arrive and answered in
+        order; a refusal answers its request only."""
+        await context.send_initial_metadata(())  # the Caller waits for it: see caller.proto
+        answers: asyncio.Queue[asyncio.Future[cpb.ApplyStreamResponse] | None] = asyncio.Queue()
+
+        async def take() -> None:
+            try:
+                async for request in requests:
+                    answers.put_nowait(asyncio.ensure_future(self._apply_streamed(request)))
+            finally:
+                answers.put_nowait(None)
+
+        taker = asyncio.create_task(take())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield await answer
+            await taker  # a request that failed to decode ends the stream with an error
+        finally:
+            taker.cancel()
+            while not answers.empty():
+                if (left := answers.get_nowait()) is not None:
+                    left.cancel()
+
+    async def _apply_streamed(self, request: cpb.ApplyRequest) -> cpb.ApplyStreamResponse:
+        """One request of a stream, handled as Apply handles it (a follower forwards)."""
+        context = _StreamedRequest()
+        try:
+            response = await self.Apply(request, cast(grpc.aio.ServicerContext, context))
+        except _StreamRefusal as refusal:
+            return cpb.ApplyStreamResponse(
+                code=refusal.code.value[0], message=refusal.message, leader=refusal.leader
+            )
+        except Exception as err:  # a bug: answer this request, keep the stream
+            log.exception("ApplyStream failed a request")
+            return cpb.ApplyStreamResponse(
+                code=grpc.StatusCode.UNKNOWN.value[0], message=f"internal error: {err!r}"
+            )
+        return cpb.ApplyStreamResponse(response=response, leader=context.leader)
 
     async def _records(
         self, request: cpb.ApplyRequest, context: grpc.aio.ServicerContext

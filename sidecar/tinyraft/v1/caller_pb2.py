@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tinyraft/v1/caller.proto\x12\x0btinyraft.v1\"R\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tack_below\x18\x03 \x01(\x04\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\x86\x01\n\x0c\x41pplyRequest\x12&\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x14.tinyraft.v1.Command\x12\x11\n\tclient_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x03 \x01(\x04\x12\x11\n\tack_below\x18\x04 \x01(\x04\x12\x10\n\x08payloads\x18\x05 \x03(\x0c\"=\n\rCommandResult\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xbb\x01\n\rApplyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.tinyraft.v1.CommandResult\x12\x16\n\x0epacked_results\x18\x02 \x03(\x0c\x12\x36\n\x06\x65rrors\x18\x03 \x03(\x0b\x32&.tinyraft.v1.ApplyResponse.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x0cQueryRequest\x12\x0f\n\x07request\x18\x01 \x01(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.tinyraft.v1.Consistency\"6\n\rQueryResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\"d\n\x11QueryBatchRequest\x12\x10\n\x08requests\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.tinyraft.v1.Consistency\x12\x0e\n\x06packed\x18\x03 \x01(\x08\",\n\x0bQueryResult\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xd3\x01\n\x12QueryBatchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.tinyraft.v1.QueryResult\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x0f\n\x07\x61nswers\x18\x03 \x03(\x0c\x12;\n\x06\x65rrors\x18\x04 \x03(\x0b\x32+.tinyraft.v1.QueryBatchResponse.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0f\n\rStatusRequest\"\xcd\x01\n\x0eStatusResponse\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\t\x12\x16\n\x0eleader_address\x18\x06 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x07 \x01(\x04\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\x12\x0e\n\x06voters\x18\t \x03(\t\x12\x10\n\x08learners\x18\n \x03(\t*Y\n\x0b\x43onsistency\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n\x11\x43ONSISTENCY_LEASE\x10\x01\x12\x15\n\x11\x43ONSISTENCY_STALE\x10\x02\x32\x9a\x02\n\x06\x43\x61ller\x12>\n\x05\x41pply\x12\x19.tinyraft.v1.ApplyRequest\x1a\x1a.tinyraft.v1.ApplyResponse\x12>\n\x05Query\x12\x19.tinyraft.v1.QueryRequest\x1a\x1a.tinyraft.v1.QueryResponse\x12M\n\nQueryBatch\x12\x1e.tinyraft.v1.QueryBatchRequest\x1a\x1f.tinyraft.v1.QueryBatchResponse\x12\x41\n\x06Status\x12\x1a.tinyraft.v1.StatusRequest\x1a\x1b.tinyraft.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tinyraft/v1/caller.proto\x12\x0btinyraft.v1\"R\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tack_below\x18\x03 \x01(\x04\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\x86\x01\n\x0c\x41pplyRequest\x12&\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x14.tinyraft.v1.Command\x12\x11\n\tclient_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x03 \x01(\x04\x12\x11\n\tack_below\x18\x04 \x01(\x04\x12\x10\n\x08payloads\x18\x05 \x03(\x0c\"=\n\rCommandResult\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xbb\x01\n\rApplyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.tinyraft.v1.CommandResult\x12\x16\n\x0epacked_results\x18\x02 \x03(\x0c\x12\x36\n\x06\x65rrors\x18\x03 \x03(\x0b\x32&.tinyraft.v1.ApplyResponse.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x13\x41pplyStreamResponse\x12,\n\x08response\x18\x01 \x01(\x0b\x32\x1a.tinyraft.v1.ApplyResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06leader\x18\x04 \x01(\t\"N\n\x0cQueryRequest\x12\x0f\n\x07request\x18\x01 \x01(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.tinyraft.v1.Consistency\"6\n\rQueryResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\"d\n\x11QueryBatchRequest\x12\x10\n\x08requests\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.tinyraft.v1.Consistency\x12\x0e\n\x06packed\x18\x03 \x01(\x08\",\n\x0bQueryResult\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xd3\x01\n\x12QueryBatchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.tinyraft.v1.QueryResult\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x0f\n\x07\x61nswers\x18\x03 \x03(\x0c\x12;\n\x06\x65rrors\x18\x04 \x03(\x0b\x32+.tinyraft.v1.QueryBatchResponse.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0f\n\rStatusRequest\"\xcd\x01\n\x0eStatusResponse\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\t\x12\x16\n\x0eleader_address\x18\x06 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x07 \x01(\x04\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\x12\x0e\n\x06voters\x18\t \x03(\t\x12\x10\n\x08learners\x18\n \x03(\t*Y\n\x0b\x43onsistency\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n\x11\x43ONSISTENCY_LEASE\x10\x01\x12\x15\n\x11\x43ONSISTENCY_STALE\x10\x02\x32\xea\x02\n\x06\x43\x61ller\x12>\n\x05\x41pply\x12\x19.tinyraft.v1.ApplyRequest\x1a\x1a.tinyraft.v1.ApplyResponse\x12N\n\x0b\x41pplyStream\x12\x19.tinyraft.v1.ApplyRequest\x1a .tinyraft.v1.ApplyStreamResponse(\x01\x30\x01\x12>\n\x05Query\x12\x19.tinyraft.v1.QueryRequest\x1a\x1a.tinyraft.v1.QueryResponse\x12M\n\nQueryBatch\x12\x1e.tinyraft.v1.QueryBatchRequest\x1a\x1f.tinyraft.v1.QueryBatchResponse\x12\x41\n\x06Status\x12\x1a.tinyraft.v1.StatusRequest\x1a\x1b.tinyraft.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLYRESPONSE_ERRORSENTRY']._serialized_options = b'8\001'
   _globals['_QUERYBATCHRESPONSE_ERRORSENTRY']._loaded_options = None
   _globals['_QUERYBATCHRESPONSE_ERRORSENTRY']._serialized_options = b'8\001'
-  _globals['_CONSISTENCY']._serialized_start=1238
-  _globals['_CONSISTENCY']._serialized_end=1327
+  _globals['_CONSISTENCY']._serialized_start=1354
+  _globals['_CONSISTENCY']._serialized_end=1443
   _globals['_COMMAND']._serialized_start=41
   _globals['_COMMAND']._serialized_end=123
   _globals['_APPLYREQUEST']._serialized_start=126
@@ -47,22 +47,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLYRESPONSE']._serialized_end=513
   _globals['_APPLYRESPONSE_ERRORSENTRY']._serialized_start=468
   _globals['_APPLYRESPONSE_ERRORSENTRY']._serialized_end=513
-  _globals['_QUERYREQUEST']._serialized_start=515
-  _globals['_QUERYREQUEST']._serialized_end=593
-  _globals['_QUERYRESPONSE']._serialized_start=595
-  _globals['_QUERYRESPONSE']._serialized_end=649
-  _globals['_QUERYBATCHREQUEST']._serialized_start=651
-  _globals['_QUERYBATCHREQUEST']._serialized_end=751
-  _globals['_QUERYRESULT']._serialized_start=753
-  _globals['_QUERYRESULT']._serialized_end=797
-  _globals['_QUERYBATCHRESPONSE']._serialized_start=800
-  _globals['_QUERYBATCHRESPONSE']._serialized_end=1011
+  _globals['_APPLYSTREAMRESPONSE']._serialized_start=515
+  _globals['_APPLYSTREAMRESPONSE']._serialized_end=629
+  _globals['_QUERYREQUEST']._serialized_start=631
+  _globals['_QUERYREQUEST']._serialized_end=709
+  _globals['_QUERYRESPONSE']._serialized_start=711
+  _globals['_QUERYRESPONSE']._serialized_end=765
+  _globals['_QUERYBATCHREQUEST']._serialized_start=767
+  _globals['_QUERYBATCHREQUEST']._serialized_end=867
+  _globals['_QUERYRESULT']._serialized_start=869
+  _globals['_QUERYRESULT']._serialized_end=913
+  _globals['_QUERYBATCHRESPONSE']._serialized_start=916
+  _globals['_QUERYBATCHRESPONSE']._serialized_end=1127
   _globals['_QUERYBATCHRESPONSE_ERRORSENTRY']._serialized_start=468
   _globals['_QUERYBATCHRESPONSE_ERRORSENTRY']._serialized_end=513
-  _globals['_STATUSREQUEST']._serialized_start=1013
-  _globals['_STATUSREQUEST']._serialized_end=1028
-  _globals['_STATUSRESPONSE']._serialized_start=1031
-  _globals['_STATUSRESPONSE']._serialized_end=1236
-  _globals['_CALLER']._serialized_start=1330
-  _globals['_CALLER']._serialized_end=1612
+  _globals['_STATUSREQUEST']._serialized_start=1129
+  _globals['_STATUSREQUEST']._serialized_end=1144
+  _globals['_STATUSRESPONSE']._serialized_start=1147
+  _globals['_STATUSRESPONSE']._serialized_end=1352
+  _globals['_CALLER']._serialized_start=1446
+  _globals['_CALLER']._serialized_end=1808
 # @@protoc_insertion_point(module_scope)

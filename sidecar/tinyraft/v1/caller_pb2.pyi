@@ -69,6 +69,18 @@ class ApplyResponse(_message.Message):
     errors: _containers.ScalarMap[int, str]
     def __init__(self, results: _Optional[_Iterable[_Union[CommandResult, _Mapping]]] = ..., packed_results: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
+class ApplyStreamResponse(_message.Message):
+    __slots__ = ("response", "code", "message", "leader")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    response: ApplyResponse
+    code: int
+    message: str
+    leader: str
+    def __init__(self, response: _Optional[_Union[ApplyResponse, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., leader: _Optional[str] = ...) -> None: ...
+
 class QueryRequest(_message.Message):
     __slots__ = ("request", "consistency")
     REQUEST_FIELD_NUMBER: _ClassVar[int]

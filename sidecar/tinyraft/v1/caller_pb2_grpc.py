@@ -33,6 +33,12 @@ class CallerStub:
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
     An Apply a follower forwarded carries it too: send the next ones there.
+    ApplyStream is Apply on one long-lived stream: one ApplyStreamResponse per request,
+    in order, and a Caller may send requests before earlier ones are answered. Each is
+    handled as Apply handles it (a follower forwards it to the leader); a refusal
+    answers that request only, and the stream stays open. The member sends its initial
+    metadata at once (an older member answers UNIMPLEMENTED instead). A stream message
+    costs a Python member about half of a unary call.
     """
 
     def __init__(self, channel):
@@ -45,6 +51,11 @@ class CallerStub:
                 '/tinyraft.v1.Caller/Apply',
                 request_serializer=tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.SerializeToString,
                 response_deserializer=tinyraft_dot_v1_dot_caller__pb2.ApplyResponse.FromString,
+                _registered_method=True)
+        self.ApplyStream = channel.stream_stream(
+                '/tinyraft.v1.Caller/ApplyStream',
+                request_serializer=tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.SerializeToString,
+                response_deserializer=tinyraft_dot_v1_dot_caller__pb2.ApplyStreamResponse.FromString,
                 _registered_method=True)
         self.Query = channel.unary_unary(
                 '/tinyraft.v1.Caller/Query',
@@ -71,9 +82,21 @@ class CallerServicer:
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
     An Apply a follower forwarded carries it too: send the next ones there.
+    ApplyStream is Apply on one long-lived stream: one ApplyStreamResponse per request,
+    in order, and a Caller may send requests before earlier ones are answered. Each is
+    handled as Apply handles it (a follower forwards it to the leader); a refusal
+    answers that request only, and the stream stays open. The member sends its initial
+    metadata at once (an older member answers UNIMPLEMENTED instead). A stream message
+    costs a Python member about half of a unary call.
     """
 
     def Apply(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyStream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +127,11 @@ def add_CallerServicer_to_server(servicer, server):
                     servicer.Apply,
                     request_deserializer=tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.FromString,
                     response_serializer=tinyraft_dot_v1_dot_caller__pb2.ApplyResponse.SerializeToString,
+            ),
+            'ApplyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ApplyStream,
+                    request_deserializer=tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.FromString,
+                    response_serializer=tinyraft_dot_v1_dot_caller__pb2.ApplyStreamResponse.SerializeToString,
             ),
             'Query': grpc.unary_unary_rpc_method_handler(
                     servicer.Query,
@@ -136,6 +164,12 @@ class Caller:
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
     An Apply a follower forwarded carries it too: send the next ones there.
+    ApplyStream is Apply on one long-lived stream: one ApplyStreamResponse per request,
+    in order, and a Caller may send requests before earlier ones are answered. Each is
+    handled as Apply handles it (a follower forwards it to the leader); a refusal
+    answers that request only, and the stream stays open. The member sends its initial
+    metadata at once (an older member answers UNIMPLEMENTED instead). A stream message
+    costs a Python member about half of a unary call.
     """
 
     @staticmethod
@@ -155,6 +189,33 @@ class Caller:
             '/tinyraft.v1.Caller/Apply',
             tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.SerializeToString,
             tinyraft_dot_v1_dot_caller__pb2.ApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tinyraft.v1.Caller/ApplyStream',
+            tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.SerializeToString,
+            tinyraft_dot_v1_dot_caller__pb2.ApplyStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
