@@ -236,6 +236,21 @@ def test_a_bad_request_on_an_apply_stream_is_refused_alone(cluster: LocalCluster
     all_running(cluster)
 
 
+def test_a_bad_request_on_a_query_stream_is_refused_alone(cluster: LocalCluster) -> None:
+    apply_works(cluster, "qs")
+    good = cpb.QueryBatchRequest(requests=[get("qs")], packed=True)
+    for member in cluster.members:
+        stream = caller_stub(cluster, member).QueryStream(
+            iter([good, cpb.QueryBatchRequest(), good]), timeout=10
+        )
+        first, bad, last = stream
+        assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], bad
+        assert "requests: at least one" in bad.message, bad
+        for answer in (first, last):
+            assert (answer.code, list(answer.response.answers)) == (0, [b'{"value":"ok"}'])
+    all_running(cluster)
+
+
 def test_command_of_exactly_the_limit_is_accepted(cluster: LocalCluster) -> None:
     padding = LIMIT - len(put("edge", ""))
     payload = put("edge", "e" * padding)
@@ -279,7 +294,14 @@ def test_undecodable_request_is_an_error_and_the_member_keeps_serving(
     apply_works(cluster, f"after-garbage-{path.rsplit('/', 1)[1]}")
 
 
-@pytest.mark.parametrize("path", ["/tinyraft.v1.Peer/Stream", "/tinyraft.v1.Caller/ApplyStream"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tinyraft.v1.Peer/Stream",
+        "/tinyraft.v1.Caller/ApplyStream",
+        "/tinyraft.v1.Caller/QueryStream",
+    ],
+)
 def test_undecodable_stream_ends_and_the_member_keeps_serving(
     cluster: LocalCluster, path: str
 ) -> None:

@@ -122,10 +122,22 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
             results=[caller_pb2.CommandResult(result=r, error=e) for r, e in results]
         )
 
-    serves_streams = True  # False: a member from before ApplyStream
+    serves_streams = True  # False: a member from before ApplyStream and QueryStream
 
     async def ApplyStream(self, requests, context):
-        # In order, one at a time, each as Apply; a refusal answers its request only.
+        async for answer in self.stream(
+            requests, context, self.Apply, caller_pb2.ApplyStreamResponse
+        ):
+            yield answer
+
+    async def QueryStream(self, requests, context):
+        async for answer in self.stream(
+            requests, context, self.QueryBatch, caller_pb2.QueryStreamResponse
+        ):
+            yield answer
+
+    async def stream(self, requests, context, handle, answer):
+        # In order, one at a time, each as the unary call; a refusal answers its own.
         self.streams += 1
         if not self.serves_streams:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
@@ -133,13 +145,11 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
         async for request in requests:
             one = OneRequest()
             try:
-                response = await self.Apply(request, one)
+                response = await handle(request, one)
             except Refusal as r:
-                yield caller_pb2.ApplyStreamResponse(
-                    code=r.code.value[0], message=r.details, leader=one.leader
-                )
+                yield answer(code=r.code.value[0], message=r.details, leader=one.leader)
             else:
-                yield caller_pb2.ApplyStreamResponse(response=response, leader=one.leader)
+                yield answer(response=response, leader=one.leader)
 
     packs_answers = True  # False: a member from before the packed QueryBatch answer
 
@@ -377,15 +387,17 @@ async def test_an_older_member_gets_the_commands_in_the_form_it_knows():
 
 
 @async_test
-async def test_applies_go_on_one_stream_or_unary_to_a_member_without_it():
+async def test_calls_go_on_one_stream_each_or_unary_to_a_member_without_them():
     async with members(2) as (new, old):
         old.serves_streams = False
         for member in (new, old):
             async with Caller(member.address, retry=FAST) as caller:
                 results = await asyncio.gather(*(caller.apply(b"%d" % i) for i in range(50)))
                 assert results == [b"ok:%d" % i for i in range(50)]
+                answers = await asyncio.gather(*(caller.query(b"%d" % i) for i in range(50)))
+                assert answers == [b"%d@CONSISTENCY_LINEARIZABLE" % i for i in range(50)]
             assert sorted(member.log) == sorted(b"%d" % i for i in range(50)), member.seen()
-        assert new.streams == 1 and old.streams == 1  # refused once, then unary
+        assert new.streams == 2 and old.streams == 2  # each refused once, then unary
 
 
 @async_test
@@ -659,6 +671,7 @@ class OlderMember(FakeMember):
     """A member from before QueryBatch: it answers queries one at a time."""
 
     QueryBatch = caller_pb2_grpc.CallerServicer.QueryBatch  # UNIMPLEMENTED
+    serves_streams = False
 
     async def Query(self, request, context):
         self.queries.append(request)

@@ -235,8 +235,8 @@ class Caller:
         self._applies = _Batcher(self._apply_request)
         self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
         self._batch_queries = True  # until a member answers QueryBatch UNIMPLEMENTED
-        self._apply_streams: dict[str, _ApplyStream] = {}  # by target
-        self._streams_served = True  # until a member answers ApplyStream UNIMPLEMENTED
+        self._streams: dict[tuple[str, str], _Stream] = {}  # by (call name, target)
+        self._unstreamed: set[str] = set()  # calls a member refused to stream (older)
         self._packed_applies = True  # until a member refuses the packed Apply form
 
     async def apply(self, command: bytes) -> bytes:
@@ -300,7 +300,9 @@ class Caller:
                 payloads=commands,
             )
             try:
-                response = await self._call("Apply", lambda stub: stub.Apply, request, stream=True)
+                response = await self._call(
+                    "Apply", lambda stub: stub.Apply, request, lambda stub: stub.ApplyStream
+                )
                 return list(response.packed_results), dict(response.errors)
             except InvalidArgument as err:
                 if _OLD_MEMBER_REFUSAL not in str(err):
@@ -344,7 +346,9 @@ class Caller:
             return list(await asyncio.gather(*(self._query_one(r, level) for r in requests)))
         message = caller_pb2.QueryBatchRequest(requests=requests, consistency=level, packed=True)
         try:
-            response = await self._call("Query", lambda stub: stub.QueryBatch, message)
+            response = await self._call(
+                "Query", lambda stub: stub.QueryBatch, message, lambda stub: stub.QueryStream
+            )
         except TinyraftError as err:
             if err.code != grpc.StatusCode.UNIMPLEMENTED:
                 raise
@@ -390,8 +394,8 @@ class Caller:
 
     async def close(self) -> None:
         self._closed = True
-        streams = list(self._apply_streams.values())
-        self._apply_streams.clear()
+        streams = list(self._streams.values())
+        self._streams.clear()
         await asyncio.gather(*(stream.close() for stream in streams))
         channels = [channel for channel, _ in self._channels.values()]
         self._channels.clear()
@@ -413,10 +417,11 @@ class Caller:
         name: str,
         method: Callable[[caller_pb2_grpc.CallerStub], Callable[..., Any]],  # -> a grpc.aio call
         request: Any,
-        stream: bool = False,
+        stream: Callable[[caller_pb2_grpc.CallerStub], Callable[..., Any]] | None = None,
     ) -> Any:
-        """One RPC under the retry policy: the same request every attempt. With stream,
-        an Apply goes on the target's ApplyStream (where members serve it)."""
+        """One RPC under the retry policy: the same request every attempt. With stream
+        (the streaming form of `method`), it goes on the target's stream of that call,
+        where members serve it."""
         if self._closed:
             raise TinyraftError("this Caller is closed; create a new one")
         loop = asyncio.get_running_loop()
@@ -428,9 +433,10 @@ class Caller:
             target = self._leader or self._targets[self._next_target]
             remaining = deadline - loop.time()
             hint: str | None
+            opener = stream if name not in self._unstreamed else None
             try:
-                if stream and self._streams_served:
-                    stream_to = self._apply_stream(target)
+                if opener is not None:
+                    stream_to = self._stream(name, opener, target)
                     reply, hint = await stream_to.send(request, min(self._timeout, remaining))
                 else:
                     call = method(self._stub(target))(
@@ -448,8 +454,8 @@ class Caller:
                 return reply
             except grpc.aio.AioRpcError as err:
                 code = err.code()
-                if stream and code == grpc.StatusCode.UNIMPLEMENTED:
-                    self._streams_served = False  # an older member: unary Apply it is
+                if opener is not None and code == grpc.StatusCode.UNIMPLEMENTED:
+                    self._unstreamed.add(name)  # an older member: unary calls it is
                     continue
                 if code not in _RETRYABLE:
                     raise _typed_error(name, target, err) from err
@@ -487,11 +493,17 @@ class Caller:
             self._next_target = (self._next_target + 1) % len(self._targets)
         return False
 
-    def _apply_stream(self, target: str) -> _ApplyStream:
-        stream = self._apply_streams.get(target)
+    def _stream(
+        self,
+        name: str,
+        method: Callable[[caller_pb2_grpc.CallerStub], Callable[..., Any]],
+        target: str,
+    ) -> _Stream:
+        stream = self._streams.get((name, target))
         if stream is None or stream.ended is not None:
             wait = self._wait_for_ready and not self._answered
-            stream = self._apply_streams[target] = _ApplyStream(self._stub(target), wait)
+            call = method(self._stub(target))(wait_for_ready=wait)
+            stream = self._streams[name, target] = _Stream(call)
         return stream
 
     def _stub(self, target: str) -> caller_pb2_grpc.CallerStub:
@@ -509,31 +521,29 @@ class Caller:
         return entry[1]
 
 
-class _ApplyStream:
-    """Apply requests to one member on one long-lived stream: a stream message costs a
-    Python member about half of a unary call. Answers come in the order sent; a
-    refusal answers its request only. A broken stream fails every request waiting on
-    it (the retry policy resends them) and the next request opens a new one."""
+class _Stream:
+    """Requests of one kind (ApplyStream or QueryStream) to one member on one long-lived
+    stream: a stream message costs a Python member about half of a unary call. Answers
+    come in the order sent; a refusal answers its request only. A broken stream fails
+    every request waiting on it (the retry policy resends them) and the next request
+    opens a new one."""
 
-    def __init__(self, stub: caller_pb2_grpc.CallerStub, wait_for_ready: bool) -> None:
-        self._call = stub.ApplyStream(wait_for_ready=wait_for_ready)
+    def __init__(self, call: Any) -> None:  # a grpc.aio StreamStreamCall
+        self._call = call
         self._opened = False
-        self._waiting: deque[asyncio.Future[caller_pb2.ApplyStreamResponse]] = deque()
+        self._waiting: deque[asyncio.Future[Any]] = deque()
         self._writing = asyncio.Lock()  # gRPC takes one write at a time
         self.ended: grpc.aio.AioRpcError | None = None
         self._reader = asyncio.create_task(self._read())
 
-    async def send(
-        self, request: caller_pb2.ApplyRequest, timeout: float
-    ) -> tuple[caller_pb2.ApplyResponse, str]:
-        """The answer, and the leader's address if the member forwarded it there."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[caller_pb2.ApplyStreamResponse] = loop.create_future()
+    async def send(self, request: Any, timeout: float) -> tuple[Any, str]:
+        """The response, and the leader's address if the member forwarded it there."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
                 async with self._writing:
                     if not self._opened:
-                        # A member without ApplyStream answers UNIMPLEMENTED here. (A
+                        # A member without the stream answers UNIMPLEMENTED here. (A
                         # write that races a stream's end turns its status INTERNAL.)
                         await self._call.initial_metadata()
                         self._opened = True

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import NoReturn, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, cast
 
 import grpc
 
@@ -113,6 +113,51 @@ class _StreamedRequest:
         return None
 
 
+async def _serve_stream[Request, Answer](
+    requests: AsyncIterator[Request],
+    context: grpc.aio.ServicerContext,
+    handle: Callable[[Request, grpc.aio.ServicerContext], Awaitable[Any]],
+    answer: Callable[..., Answer],
+) -> AsyncIterator[Answer]:
+    """A unary call's handler serving a stream: requests are handled as they arrive
+    and answered in order, each as `answer(response=, leader=)` or, refused, as
+    `answer(code=, message=, leader=)`; a refusal answers its request only."""
+    await context.send_initial_metadata(())  # the Caller waits for it: see caller.proto
+
+    async def one(request: Request) -> Answer:
+        request_context = _StreamedRequest()
+        try:
+            response = await handle(request, cast(grpc.aio.ServicerContext, request_context))
+        except _StreamRefusal as refusal:
+            return answer(
+                code=refusal.code.value[0], message=refusal.message, leader=refusal.leader
+            )
+        except Exception as err:  # a bug: answer this request, keep the stream
+            log.exception("a streamed request failed")
+            return answer(code=grpc.StatusCode.UNKNOWN.value[0], message=f"internal error: {err!r}")
+        return answer(response=response, leader=request_context.leader)
+
+    answers: asyncio.Queue[asyncio.Future[Answer] | None] = asyncio.Queue()
+
+    async def take() -> None:
+        try:
+            async for request in requests:
+                answers.put_nowait(asyncio.ensure_future(one(request)))
+        finally:
+            answers.put_nowait(None)
+
+    taker = asyncio.create_task(take())
+    try:
+        while (next_answer := await answers.get()) is not None:
+            yield await next_answer
+        await taker  # a request that failed to decode ends the stream with an error
+    finally:
+        taker.cancel()
+        while not answers.empty():
+            if (left := answers.get_nowait()) is not None:
+                left.cancel()
+
+
 class CallerService(caller_pb2_grpc.CallerServicer):
     def __init__(self, member: Member) -> None:
         self.m = member
@@ -141,44 +186,8 @@ class CallerService(caller_pb2_grpc.CallerServicer):
     async def ApplyStream(
         self, requests: AsyncIterator[cpb.ApplyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cpb.ApplyStreamResponse]:
-        """Apply on one stream: requests are handled as they arrive and answered in
-        order; a refusal answers its request only."""
-        await context.send_initial_metadata(())  # the Caller waits for it: see caller.proto
-        answers: asyncio.Queue[asyncio.Future[cpb.ApplyStreamResponse] | None] = asyncio.Queue()
-
-        async def take() -> None:
-            try:
-                async for request in requests:
-                    answers.put_nowait(asyncio.ensure_future(self._apply_streamed(request)))
-            finally:
-                answers.put_nowait(None)
-
-        taker = asyncio.create_task(take())
-        try:
-            while (answer := await answers.get()) is not None:
-                yield await answer
-            await taker  # a request that failed to decode ends the stream with an error
-        finally:
-            taker.cancel()
-            while not answers.empty():
-                if (left := answers.get_nowait()) is not None:
-                    left.cancel()
-
-    async def _apply_streamed(self, request: cpb.ApplyRequest) -> cpb.ApplyStreamResponse:
-        """One request of a stream, handled as Apply handles it (a follower forwards)."""
-        context = _StreamedRequest()
-        try:
-            response = await self.Apply(request, cast(grpc.aio.ServicerContext, context))
-        except _StreamRefusal as refusal:
-            return cpb.ApplyStreamResponse(
-                code=refusal.code.value[0], message=refusal.message, leader=refusal.leader
-            )
-        except Exception as err:  # a bug: answer this request, keep the stream
-            log.exception("ApplyStream failed a request")
-            return cpb.ApplyStreamResponse(
-                code=grpc.StatusCode.UNKNOWN.value[0], message=f"internal error: {err!r}"
-            )
-        return cpb.ApplyStreamResponse(response=response, leader=context.leader)
+        async for answer in _serve_stream(requests, context, self.Apply, cpb.ApplyStreamResponse):
+            yield answer
 
     async def _records(
         self, request: cpb.ApplyRequest, context: grpc.aio.ServicerContext
@@ -348,6 +357,14 @@ class CallerService(caller_pb2_grpc.CallerServicer):
                 f"the Module refused the query: {errors[0]}",
             )
         return cpb.QueryResponse(answer=answer, applied_index=applied)
+
+    async def QueryStream(
+        self, requests: AsyncIterator[cpb.QueryBatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cpb.QueryStreamResponse]:
+        async for answer in _serve_stream(
+            requests, context, self.QueryBatch, cpb.QueryStreamResponse
+        ):
+            yield answer
 
     async def QueryBatch(
         self, request: cpb.QueryBatchRequest, context: grpc.aio.ServicerContext

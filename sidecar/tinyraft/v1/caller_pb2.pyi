@@ -134,6 +134,18 @@ class QueryBatchResponse(_message.Message):
     errors: _containers.ScalarMap[int, str]
     def __init__(self, results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ..., applied_index: _Optional[int] = ..., answers: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
+class QueryStreamResponse(_message.Message):
+    __slots__ = ("response", "code", "message", "leader")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    response: QueryBatchResponse
+    code: int
+    message: str
+    leader: str
+    def __init__(self, response: _Optional[_Union[QueryBatchResponse, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., leader: _Optional[str] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

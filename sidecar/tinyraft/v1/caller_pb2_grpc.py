@@ -33,12 +33,13 @@ class CallerStub:
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
     An Apply a follower forwarded carries it too: send the next ones there.
-    ApplyStream is Apply on one long-lived stream: one ApplyStreamResponse per request,
-    in order, and a Caller may send requests before earlier ones are answered. Each is
-    handled as Apply handles it (a follower forwards it to the leader); a refusal
-    answers that request only, and the stream stays open. The member sends its initial
-    metadata at once (an older member answers UNIMPLEMENTED instead). A stream message
-    costs a Python member about half of a unary call.
+    ApplyStream and QueryStream are Apply and QueryBatch on one long-lived stream: one
+    answer per request, in order, and a Caller may send requests before earlier ones
+    are answered. Each is handled as the unary call handles it (a follower forwards an
+    Apply to the leader); a refusal answers that request only, and the stream stays
+    open. The member sends its initial metadata at once (an older member answers
+    UNIMPLEMENTED instead). A stream message costs a Python member about half of a
+    unary call.
     """
 
     def __init__(self, channel):
@@ -56,6 +57,11 @@ class CallerStub:
                 '/tinyraft.v1.Caller/ApplyStream',
                 request_serializer=tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.SerializeToString,
                 response_deserializer=tinyraft_dot_v1_dot_caller__pb2.ApplyStreamResponse.FromString,
+                _registered_method=True)
+        self.QueryStream = channel.stream_stream(
+                '/tinyraft.v1.Caller/QueryStream',
+                request_serializer=tinyraft_dot_v1_dot_caller__pb2.QueryBatchRequest.SerializeToString,
+                response_deserializer=tinyraft_dot_v1_dot_caller__pb2.QueryStreamResponse.FromString,
                 _registered_method=True)
         self.Query = channel.unary_unary(
                 '/tinyraft.v1.Caller/Query',
@@ -82,12 +88,13 @@ class CallerServicer:
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
     An Apply a follower forwarded carries it too: send the next ones there.
-    ApplyStream is Apply on one long-lived stream: one ApplyStreamResponse per request,
-    in order, and a Caller may send requests before earlier ones are answered. Each is
-    handled as Apply handles it (a follower forwards it to the leader); a refusal
-    answers that request only, and the stream stays open. The member sends its initial
-    metadata at once (an older member answers UNIMPLEMENTED instead). A stream message
-    costs a Python member about half of a unary call.
+    ApplyStream and QueryStream are Apply and QueryBatch on one long-lived stream: one
+    answer per request, in order, and a Caller may send requests before earlier ones
+    are answered. Each is handled as the unary call handles it (a follower forwards an
+    Apply to the leader); a refusal answers that request only, and the stream stays
+    open. The member sends its initial metadata at once (an older member answers
+    UNIMPLEMENTED instead). A stream message costs a Python member about half of a
+    unary call.
     """
 
     def Apply(self, request, context):
@@ -97,6 +104,12 @@ class CallerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplyStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryStream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +146,11 @@ def add_CallerServicer_to_server(servicer, server):
                     request_deserializer=tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.FromString,
                     response_serializer=tinyraft_dot_v1_dot_caller__pb2.ApplyStreamResponse.SerializeToString,
             ),
+            'QueryStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.QueryStream,
+                    request_deserializer=tinyraft_dot_v1_dot_caller__pb2.QueryBatchRequest.FromString,
+                    response_serializer=tinyraft_dot_v1_dot_caller__pb2.QueryStreamResponse.SerializeToString,
+            ),
             'Query': grpc.unary_unary_rpc_method_handler(
                     servicer.Query,
                     request_deserializer=tinyraft_dot_v1_dot_caller__pb2.QueryRequest.FromString,
@@ -164,12 +182,13 @@ class Caller:
     metadata key "tinyraft-leader": the leader's address when the member knows it,
     else empty (no leader to suggest; a refusal without the key never reached one).
     An Apply a follower forwarded carries it too: send the next ones there.
-    ApplyStream is Apply on one long-lived stream: one ApplyStreamResponse per request,
-    in order, and a Caller may send requests before earlier ones are answered. Each is
-    handled as Apply handles it (a follower forwards it to the leader); a refusal
-    answers that request only, and the stream stays open. The member sends its initial
-    metadata at once (an older member answers UNIMPLEMENTED instead). A stream message
-    costs a Python member about half of a unary call.
+    ApplyStream and QueryStream are Apply and QueryBatch on one long-lived stream: one
+    answer per request, in order, and a Caller may send requests before earlier ones
+    are answered. Each is handled as the unary call handles it (a follower forwards an
+    Apply to the leader); a refusal answers that request only, and the stream stays
+    open. The member sends its initial metadata at once (an older member answers
+    UNIMPLEMENTED instead). A stream message costs a Python member about half of a
+    unary call.
     """
 
     @staticmethod
@@ -216,6 +235,33 @@ class Caller:
             '/tinyraft.v1.Caller/ApplyStream',
             tinyraft_dot_v1_dot_caller__pb2.ApplyRequest.SerializeToString,
             tinyraft_dot_v1_dot_caller__pb2.ApplyStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tinyraft.v1.Caller/QueryStream',
+            tinyraft_dot_v1_dot_caller__pb2.QueryBatchRequest.SerializeToString,
+            tinyraft_dot_v1_dot_caller__pb2.QueryStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
