@@ -32,6 +32,8 @@ from rich.progress import Progress
 from tinyraft.caller import Caller, ConsistencyName
 from tinyraft.local import LocalCluster
 
+PACE_TICK_S = 0.001  # open loop: the pacer wakes at most this often
+
 
 @dataclass
 class BenchConfig:
@@ -83,8 +85,10 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
     give_up = end + max(2.0, cfg.seconds / 2)  # open loop: calls not sent by then are unsent
     abandoned: list[float] = []
     # Open loop: one pacer releases calls as they fall due, whatever is due at each wake
-    # at once; the workers take them in order. A timer per call cost the benchmark
-    # itself a fifth of a core at 20,000 calls/s, CPU the cluster's processes share.
+    # at once, waking at most once per PACE_TICK_S; the workers take them in order. A
+    # timer (or a wake) per call cost the benchmark itself up to a quarter of a core,
+    # CPU the cluster's processes share. Latency runs from each call's due time, so a
+    # call released up to a tick late is charged for it.
     due_times: asyncio.Queue[float | None] = asyncio.Queue()
 
     async def pace(rate: float) -> None:
@@ -94,7 +98,7 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
             while due <= now and due < end:
                 due_times.put_nowait(due)
                 due = start + next(calls) / rate
-            await asyncio.sleep(due - now)
+            await asyncio.sleep(max(due - now, PACE_TICK_S))
         for _ in range(cfg.concurrency):
             due_times.put_nowait(None)
 
