@@ -391,13 +391,30 @@ async def test_calls_go_on_one_stream_each_or_unary_to_a_member_without_them():
     async with members(2) as (new, old):
         old.serves_streams = False
         for member in (new, old):
-            async with Caller(member.address, retry=FAST) as caller:
+            # One attempt is enough: an older member's refusal of the stream is not one.
+            async with Caller(member.address, retry=RetryPolicy(max_attempts=1)) as caller:
                 results = await asyncio.gather(*(caller.apply(b"%d" % i) for i in range(50)))
                 assert results == [b"ok:%d" % i for i in range(50)]
                 answers = await asyncio.gather(*(caller.query(b"%d" % i) for i in range(50)))
                 assert answers == [b"%d@CONSISTENCY_LINEARIZABLE" % i for i in range(50)]
             assert sorted(member.log) == sorted(b"%d" % i for i in range(50)), member.seen()
         assert new.streams == 2 and old.streams == 2  # each refused once, then unary
+
+
+@async_test
+async def test_close_ends_a_call_that_is_retrying_and_leaves_nothing_open():
+    async with members(1) as (member,):
+        member.script = [abort(grpc.StatusCode.UNAVAILABLE, "busy")] * 10_000
+        patient = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, deadline=30)
+        caller = Caller(member.address, retry=patient)
+        pending = asyncio.create_task(caller.apply(b"x"))
+        while len(member.requests) < 3:
+            await asyncio.sleep(0.01)
+        await caller.close()
+        with pytest.raises(TinyraftError, match="closed"):
+            await pending
+        assert not caller._streams and not caller._channels
+        assert member.log == []
 
 
 @async_test

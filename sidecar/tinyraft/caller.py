@@ -23,7 +23,6 @@ cluster once idle) and numbers later commands in a fresh one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import secrets
 import threading
@@ -422,23 +421,29 @@ class Caller:
         """One RPC under the retry policy: the same request every attempt. With stream
         (the streaming form of `method`), it goes on the target's stream of that call,
         where members serve it."""
-        if self._closed:
-            raise TinyraftError("this Caller is closed; create a new one")
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self._retry.deadline
         failures: list[str] = []
         hurried = False  # the previous retry skipped its backoff
         for attempt in range(1, self._retry.max_attempts + 1):
+            if self._closed:  # checked every attempt: a retry must not reopen channels
+                raise TinyraftError("this Caller is closed; create a new one")
             target = self._leader or self._targets[self._next_target]
             remaining = deadline - loop.time()
-            hint: str | None
-            opener = stream if name not in self._unstreamed else None
+            hint: str | None = None
+            streamed = stream is not None and name not in self._unstreamed
             try:
-                if opener is not None:
-                    stream_to = self._stream(name, opener, target)
-                    reply, hint = await stream_to.send(request, min(self._timeout, remaining))
-                else:
+                if stream is not None and streamed:
+                    stream_to = self._stream(name, stream, target)
+                    try:
+                        reply, hint = await stream_to.send(request, min(self._timeout, remaining))
+                    except grpc.aio.AioRpcError as err:
+                        if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                            raise
+                        self._unstreamed.add(name)  # an older member: unary calls it is
+                        streamed = False
+                if not streamed:
                     call = method(self._stub(target))(
                         request,
                         timeout=min(self._timeout, remaining),
@@ -454,9 +459,6 @@ class Caller:
                 return reply
             except grpc.aio.AioRpcError as err:
                 code = err.code()
-                if opener is not None and code == grpc.StatusCode.UNIMPLEMENTED:
-                    self._unstreamed.add(name)  # an older member: unary calls it is
-                    continue
                 if code not in _RETRYABLE:
                     raise _typed_error(name, target, err) from err
                 failures.append(f"{code.name} from {target}: {err.details()}")
@@ -550,9 +552,21 @@ class _Stream:
                     if self.ended is not None:
                         raise self.ended
                     self._waiting.append(future)
-                    # If the stream broke, the reader fails `future` with the reason.
-                    with contextlib.suppress(Exception):
+                    try:
                         await self._call.write(request)
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            future.cancel()  # no answer wanted any more
+                            raise  # this send was cancelled or timed out
+                        # gRPC cancelled the call under the write (another send's end):
+                        self.end(_stream_error(grpc.StatusCode.UNAVAILABLE, "the stream ended"))
+                    except Exception as err:
+                        # A finished stream: the reader fails `future` with its status.
+                        # Otherwise a request it cannot send: no answer would come.
+                        if not self._call.done():
+                            message = f"a request could not be sent: {err}"
+                            self.end(_stream_error(grpc.StatusCode.UNAVAILABLE, message))
                 answer = await future
         except TimeoutError:
             # Answers come in order: one overdue holds up the rest. Start afresh.
@@ -595,7 +609,8 @@ class _Stream:
                 )
         except asyncio.CancelledError:
             pass  # end() cancelled the call, or the Caller is closing
-        self.end(error)
+        finally:
+            self.end(error)
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
