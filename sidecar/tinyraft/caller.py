@@ -432,18 +432,18 @@ class Caller:
             target = self._leader or self._targets[self._next_target]
             remaining = deadline - loop.time()
             hint: str | None = None
-            streamed = stream is not None and name not in self._unstreamed
+            opener = stream if name not in self._unstreamed else None
             try:
-                if stream is not None and streamed:
-                    stream_to = self._stream(name, stream, target)
+                if opener is not None:
+                    stream_to = self._stream(name, opener, target)
                     try:
                         reply, hint = await stream_to.send(request, min(self._timeout, remaining))
                     except grpc.aio.AioRpcError as err:
                         if err.code() != grpc.StatusCode.UNIMPLEMENTED:
                             raise
                         self._unstreamed.add(name)  # an older member: unary calls it is
-                        streamed = False
-                if not streamed:
+                        opener = None
+                if opener is None:
                     call = method(self._stub(target))(
                         request,
                         timeout=min(self._timeout, remaining),
