@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.shared_cluster import formed_cluster
 
 from certs import CertAuthority
-from tinyraft.caller import BlockingCaller, InvalidArgument, RetryPolicy
+from tinyraft.caller import TIMEOUT_METADATA_KEY, BlockingCaller, InvalidArgument, RetryPolicy
 from tinyraft.local import LocalCluster, LocalMember, free_port
 from tinyraft.server.config import reference_table
 from tinyraft.v1 import admin_pb2 as apb
@@ -248,6 +248,21 @@ def test_a_bad_request_on_a_query_stream_is_refused_alone(cluster: LocalCluster)
         assert "requests: at least one" in bad.message, bad
         for answer in (first, last):
             assert (answer.code, list(answer.response.answers)) == (0, [b'{"value":"ok"}'])
+    all_running(cluster)
+
+
+@pytest.mark.parametrize("given", ["0", "-5", "1.5", "soon", ""])
+def test_a_stream_with_a_bad_timeout_is_refused_naming_the_key(
+    cluster: LocalCluster, given: str
+) -> None:
+    stub = caller_stub(cluster, next(iter(cluster.members)))
+    good = cpb.QueryBatchRequest(requests=[get("qs")], packed=True)
+    metadata = ((TIMEOUT_METADATA_KEY, given),)
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.QueryStream(iter([good]), timeout=10, metadata=metadata))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert TIMEOUT_METADATA_KEY in refused.value.details()
+    assert "whole number of milliseconds" in refused.value.details()
     all_running(cluster)
 
 

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from tinyraft import BlockingCaller
+from tinyraft.caller import RetryPolicy, Unavailable
 from tinyraft.v1 import caller_pb2 as cpb
 from tinyraft.v1 import caller_pb2_grpc
 
@@ -137,6 +138,14 @@ def test_a_call_during_an_election_is_held_until_the_new_leader_answers(make_clu
         caller_pb2_grpc.CallerStub(ch).Apply(request, timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "no leader was elected in time" in refused.value.details()
+    # On the Caller's stream too, the hold fits in the Caller's timeout (here shorter
+    # than the 2 s a member holds at most): the reason arrives, not the Caller's own
+    # "no answer in time".
+    alone_caller = BlockingCaller(
+        cluster.members[alone].address, timeout=1.0, retry=RetryPolicy(max_attempts=1)
+    )
+    with alone_caller, pytest.raises(Unavailable, match="no leader was elected in time"):
+        alone_caller.apply(put("during", "3"))
 
 
 def test_a_call_forwarded_to_a_frozen_leader_goes_to_the_next_one(make_cluster):

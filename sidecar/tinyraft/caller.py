@@ -23,6 +23,7 @@ cluster once idle) and numbers later commands in a fresh one.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import secrets
 import threading
@@ -40,6 +41,9 @@ from tinyraft.answers import unpack
 from tinyraft.v1 import caller_pb2, caller_pb2_grpc
 
 LEADER_METADATA_KEY = "tinyraft-leader"
+# On a stream, each request's time in milliseconds: what a unary call's deadline tells
+# a member (e.g. how long a follower may hold a write while a leader is elected).
+TIMEOUT_METADATA_KEY = "tinyraft-timeout-ms"
 # The generated stub class is untyped; calling it through this typed name keeps mypy quiet.
 _new_stub: Callable[[grpc.aio.Channel], caller_pb2_grpc.CallerStub] = caller_pb2_grpc.CallerStub
 
@@ -504,7 +508,8 @@ class Caller:
         stream = self._streams.get((name, target))
         if stream is None or stream.ended is not None:
             wait = self._wait_for_ready and not self._answered
-            call = method(self._stub(target))(wait_for_ready=wait)
+            per_request = ((TIMEOUT_METADATA_KEY, str(math.ceil(self._timeout * 1000))),)
+            call = method(self._stub(target))(wait_for_ready=wait, metadata=per_request)
             stream = self._streams[name, target] = _Stream(call)
         return stream
 

@@ -13,6 +13,7 @@ import grpc
 
 import tinyraft
 from tinyraft.answers import as_results
+from tinyraft.caller import TIMEOUT_METADATA_KEY
 from tinyraft.core.sessions import Command, encode_records, encode_run
 from tinyraft.core.types import (
     ConfigChangeRefused,
@@ -100,8 +101,9 @@ class _StreamedRequest:
     """The part of a ServicerContext that Apply uses, for one request of a stream:
     an abort raises _StreamRefusal instead of ending the stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None) -> None:
         self.leader = ""
+        self._deadline = None if timeout is None else time.monotonic() + timeout
 
     def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.leader = dict(metadata).get(LEADER_KEY, "")
@@ -110,7 +112,24 @@ class _StreamedRequest:
         raise _StreamRefusal(code, details, self.leader)
 
     def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(self._deadline - time.monotonic(), 0.001)  # 0 would read as "none"
+
+
+async def _stream_timeout(context: grpc.aio.ServicerContext) -> float | None:
+    """The time each request of a stream may take, from the stream's metadata."""
+    given = dict(context.invocation_metadata() or ()).get(TIMEOUT_METADATA_KEY)
+    if given is None:
         return None
+    if not (isinstance(given, str) and given.isascii() and given.isdigit()) or int(given) < 1:
+        await _abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"metadata {TIMEOUT_METADATA_KEY}: got {given!r}; give a whole number of milliseconds, "
+            "at least 1, or leave it out",
+        )
+    return int(given) / 1000
 
 
 async def _serve_stream[Request, Answer](
@@ -122,10 +141,11 @@ async def _serve_stream[Request, Answer](
     """A unary call's handler serving a stream: requests are handled as they arrive
     and answered in order, each as `answer(response=, leader=)` or, refused, as
     `answer(code=, message=, leader=)`; a refusal answers its request only."""
+    timeout = await _stream_timeout(context)
     await context.send_initial_metadata(())  # the Caller waits for it: see caller.proto
 
     async def one(request: Request) -> Answer:
-        request_context = _StreamedRequest()
+        request_context = _StreamedRequest(timeout)
         try:
             response = await handle(request, cast(grpc.aio.ServicerContext, request_context))
         except _StreamRefusal as refusal:

@@ -38,8 +38,10 @@ class CallerStub:
     are answered. Each is handled as the unary call handles it (a follower forwards an
     Apply to the leader); a refusal answers that request only, and the stream stays
     open. The member sends its initial metadata at once (an older member answers
-    UNIMPLEMENTED instead). A stream message costs a Python member about half of a
-    unary call.
+    UNIMPLEMENTED instead). A stream has no deadline per request: its metadata key
+    "tinyraft-timeout-ms" gives each request's time (what a unary call's deadline
+    says, e.g. how long a follower holds a write while a leader is elected). A stream
+    message costs a Python member about half of a unary call.
     """
 
     def __init__(self, channel):
@@ -93,8 +95,10 @@ class CallerServicer:
     are answered. Each is handled as the unary call handles it (a follower forwards an
     Apply to the leader); a refusal answers that request only, and the stream stays
     open. The member sends its initial metadata at once (an older member answers
-    UNIMPLEMENTED instead). A stream message costs a Python member about half of a
-    unary call.
+    UNIMPLEMENTED instead). A stream has no deadline per request: its metadata key
+    "tinyraft-timeout-ms" gives each request's time (what a unary call's deadline
+    says, e.g. how long a follower holds a write while a leader is elected). A stream
+    message costs a Python member about half of a unary call.
     """
 
     def Apply(self, request, context):
@@ -187,8 +191,10 @@ class Caller:
     are answered. Each is handled as the unary call handles it (a follower forwards an
     Apply to the leader); a refusal answers that request only, and the stream stays
     open. The member sends its initial metadata at once (an older member answers
-    UNIMPLEMENTED instead). A stream message costs a Python member about half of a
-    unary call.
+    UNIMPLEMENTED instead). A stream has no deadline per request: its metadata key
+    "tinyraft-timeout-ms" gives each request's time (what a unary call's deadline
+    says, e.g. how long a follower holds a write while a leader is elected). A stream
+    message costs a Python member about half of a unary call.
     """
 
     @staticmethod
