@@ -28,6 +28,7 @@ from certs import CertAuthority
 from tinyraft.caller import TIMEOUT_METADATA_KEY, BlockingCaller, InvalidArgument, RetryPolicy
 from tinyraft.local import LocalCluster, LocalMember, free_port
 from tinyraft.server.config import reference_table
+from tinyraft.server.services import STREAM_IN_FLIGHT
 from tinyraft.v1 import admin_pb2 as apb
 from tinyraft.v1 import admin_pb2_grpc, caller_pb2_grpc, peer_pb2
 from tinyraft.v1 import caller_pb2 as cpb
@@ -248,6 +249,23 @@ def test_a_bad_request_on_a_query_stream_is_refused_alone(cluster: LocalCluster)
         assert "requests: at least one" in bad.message, bad
         for answer in (first, last):
             assert (answer.code, list(answer.response.answers)) == (0, [b'{"value":"ok"}'])
+    all_running(cluster)
+
+
+def test_a_stream_with_more_requests_than_a_member_holds_is_answered_in_order(
+    cluster: LocalCluster,
+) -> None:
+    """A member reads a stream only while it holds fewer than STREAM_IN_FLIGHT unanswered
+    requests; past that, the client waits, and every request is still answered."""
+    apply_works(cluster, "many")
+    sent = 4 * STREAM_IN_FLIGHT
+    requests = (
+        cpb.QueryBatchRequest(requests=[get("many")] * (n % 3 + 1), packed=True)
+        for n in range(sent)
+    )
+    stream = caller_stub(cluster, leader_of(cluster)).QueryStream(requests, timeout=30)
+    answers = [len(answer.response.answers) for answer in stream]
+    assert answers == [n % 3 + 1 for n in range(sent)]
     all_running(cluster)
 
 

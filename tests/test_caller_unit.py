@@ -402,6 +402,20 @@ async def test_calls_go_on_one_stream_each_or_unary_to_a_member_without_them():
 
 
 @async_test
+async def test_an_older_member_turns_streams_off_for_itself_only():
+    """A rolling upgrade: the member from before the streams is called unary, while the
+    Caller keeps its stream to the upgraded one."""
+    async with members(2) as (new, old):
+        old.serves_streams = False
+        old.script = [abort(grpc.StatusCode.UNAVAILABLE, "not the leader", leader=new.address)]
+        async with Caller(old.address, retry=FAST) as caller:
+            assert await caller.apply(b"a") == b"ok:a"
+            assert await caller.apply(b"b") == b"ok:b"
+        assert (old.streams, len(old.requests)) == (1, 1)  # refused the stream, then unary
+        assert new.streams == 1 and new.log == [b"a", b"b"]
+
+
+@async_test
 async def test_close_ends_a_call_that_is_retrying_and_leaves_nothing_open():
     async with members(1) as (member,):
         member.script = [abort(grpc.StatusCode.UNAVAILABLE, "busy")] * 10_000

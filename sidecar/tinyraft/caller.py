@@ -239,7 +239,9 @@ class Caller:
         self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
         self._batch_queries = True  # until a member answers QueryBatch UNIMPLEMENTED
         self._streams: dict[tuple[str, str], _Stream] = {}  # by (call name, target)
-        self._unstreamed: set[str] = set()  # calls a member refused to stream (older)
+        # (call name, target) a member refused to stream: an older member, in a rolling
+        # upgrade; the others keep their streams.
+        self._unstreamed: set[tuple[str, str]] = set()
         self._packed_applies = True  # until a member refuses the packed Apply form
 
     async def apply(self, command: bytes) -> bytes:
@@ -436,7 +438,7 @@ class Caller:
             target = self._leader or self._targets[self._next_target]
             remaining = deadline - loop.time()
             hint: str | None = None
-            opener = stream if name not in self._unstreamed else None
+            opener = stream if (name, target) not in self._unstreamed else None
             try:
                 if opener is not None:
                     stream_to = self._stream(name, opener, target)
@@ -445,7 +447,7 @@ class Caller:
                     except grpc.aio.AioRpcError as err:
                         if err.code() != grpc.StatusCode.UNIMPLEMENTED:
                             raise
-                        self._unstreamed.add(name)  # an older member: unary calls it is
+                        self._unstreamed.add((name, target))  # unary calls it is
                         opener = None
                 if opener is None:
                     call = method(self._stub(target))(
@@ -555,7 +557,7 @@ class _Stream:
                         await self._call.initial_metadata()
                         self._opened = True
                     if self.ended is not None:
-                        raise self.ended
+                        raise self._ended_error()
                     self._waiting.append(future)
                     try:
                         await self._call.write(request)
@@ -576,7 +578,7 @@ class _Stream:
         except TimeoutError:
             # Answers come in order: one overdue holds up the rest. Start afresh.
             self.end(_stream_error(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer in time"))
-            raise self.ended from None  # type: ignore[misc]
+            raise self._ended_error() from None
         if answer.code:
             code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
             raise _stream_error(code, answer.message, answer.leader)
@@ -593,7 +595,14 @@ class _Stream:
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
-                future.set_exception(self.ended)
+                future.set_exception(self._ended_error())
+
+    def _ended_error(self) -> grpc.aio.AioRpcError:
+        """How the stream ended, a copy for each request it fails: an exception raised in
+        several tasks would collect all their tracebacks."""
+        ended = self.ended
+        assert ended is not None
+        return _stream_error(ended.code(), ended.details() or "", _leader_hint(ended) or "")
 
     async def _read(self) -> None:
         error = _stream_error(grpc.StatusCode.UNAVAILABLE, "the member ended the stream")

@@ -35,6 +35,7 @@ log = logging.getLogger("tinyraft.services")
 LEADER_KEY = "tinyraft-leader"
 PROMOTE_READY = 0.9  # a learner is promoted only with this share of committed entries
 QUERY_TIMEOUT_S = 10.0
+STREAM_IN_FLIGHT = 64  # requests a Caller stream may have unanswered (a Caller sends 4)
 HOLD_SHARE = 0.8  # a call held for a leader answers with this share of its deadline used
 
 
@@ -158,11 +159,15 @@ async def _serve_stream[Request, Answer](
         return answer(response=response, leader=request_context.leader)
 
     answers: asyncio.Queue[asyncio.Future[Answer] | None] = asyncio.Queue()
+    # Past this many unanswered, stop reading: HTTP/2 flow control then holds the
+    # client back, instead of this member holding its requests in memory.
+    room = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
     async def take() -> None:
         try:
             async for request in requests:
                 answers.put_nowait(asyncio.ensure_future(one(request)))
+                await room.acquire()
         finally:
             answers.put_nowait(None)
 
@@ -170,6 +175,7 @@ async def _serve_stream[Request, Answer](
     try:
         while (next_answer := await answers.get()) is not None:
             yield await next_answer
+            room.release()
         await taker  # a request that failed to decode ends the stream with an error
     finally:
         taker.cancel()

@@ -40,8 +40,9 @@ class CallerStub:
     open. The member sends its initial metadata at once (an older member answers
     UNIMPLEMENTED instead). A stream has no deadline per request: its metadata key
     "tinyraft-timeout-ms" gives each request's time (what a unary call's deadline
-    says, e.g. how long a follower holds a write while a leader is elected). A stream
-    message costs a Python member about half of a unary call.
+    says, e.g. how long a follower holds a write while a leader is elected). A member
+    reads no further while 64 requests of a stream are unanswered: flow control holds
+    the client back. A stream message costs a Python member about half of a unary call.
     """
 
     def __init__(self, channel):
@@ -97,8 +98,9 @@ class CallerServicer:
     open. The member sends its initial metadata at once (an older member answers
     UNIMPLEMENTED instead). A stream has no deadline per request: its metadata key
     "tinyraft-timeout-ms" gives each request's time (what a unary call's deadline
-    says, e.g. how long a follower holds a write while a leader is elected). A stream
-    message costs a Python member about half of a unary call.
+    says, e.g. how long a follower holds a write while a leader is elected). A member
+    reads no further while 64 requests of a stream are unanswered: flow control holds
+    the client back. A stream message costs a Python member about half of a unary call.
     """
 
     def Apply(self, request, context):
@@ -193,8 +195,9 @@ class Caller:
     open. The member sends its initial metadata at once (an older member answers
     UNIMPLEMENTED instead). A stream has no deadline per request: its metadata key
     "tinyraft-timeout-ms" gives each request's time (what a unary call's deadline
-    says, e.g. how long a follower holds a write while a leader is elected). A stream
-    message costs a Python member about half of a unary call.
+    says, e.g. how long a follower holds a write while a leader is elected). A member
+    reads no further while 64 requests of a stream are unanswered: flow control holds
+    the client back. A stream message costs a Python member about half of a unary call.
     """
 
     @staticmethod
