@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import tinyraft.caller
 from tinyraft.caller import (
     LEADER_METADATA_KEY,
     BlockingCaller,
@@ -266,8 +267,14 @@ async def test_resource_exhausted_is_retried_with_the_same_sequence():
         assert member.log == [b"x"]
 
 
+def test_ack_below_grows_as_answers_arrive(monkeypatch):
+    # Every call its own request at once, as when calls pile up past WORTH_A_REQUEST.
+    monkeypatch.setattr(tinyraft.caller, "WORTH_A_REQUEST", (1, 1))
+    ack_below_grows_as_answers_arrive()
+
+
 @async_test
-async def test_ack_below_grows_as_answers_arrive():
+async def ack_below_grows_as_answers_arrive():
     async with members(1) as (member,):
         # Unary calls, which can be answered out of order (a stream answers in order).
         member.serves_streams = False
@@ -294,6 +301,31 @@ async def test_ack_below_grows_as_answers_arrive():
             (8, 7),
         ]
         assert len(member.requests) == 7  # apply_many sent one request
+
+
+@async_test
+async def test_small_calls_wait_for_the_request_out_and_a_full_batch_goes_beside_it():
+    """A request costs the cluster a round: while one is out, calls wait and leave
+    together, and a second request goes beside it only once it is worth one."""
+    worth = tinyraft.caller.MAX_BATCH // 2  # half a full request
+    async with members(1) as (member,):
+        member.serves_streams = False  # unary: a member sees a request while one is held
+        release = asyncio.Event()
+        member.script = [wait_for(release)]
+        async with Caller(member.address, retry=FAST) as caller:
+            first = asyncio.create_task(caller.apply(b"first"))
+            while not member.requests:
+                await asyncio.sleep(0.01)
+            rest = [asyncio.create_task(caller.apply(b"%d" % i)) for i in range(worth)]
+            while len(member.requests) < 2:
+                await asyncio.sleep(0.01)
+            assert [c[3] for c in member.commands(member.requests[1])] == [
+                b"%d" % i for i in range(worth)
+            ]
+            release.set()
+            assert await first == b"ok:first"
+            assert await asyncio.gather(*rest) == [b"ok:%d" % i for i in range(worth)]
+        assert len(member.requests) == 2
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,11 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 MAX_IN_FLIGHT = 4  # Apply requests one Caller keeps outstanding at once
 MAX_BATCH = 512  # commands per request when calls pile up
 MAX_BATCH_BYTES = 2 << 20  # and bytes per request: under gRPC's default 4 MiB message limit
+# While a request is out, another leaves only with half a full one waiting. A request
+# costs the cluster a round (at low load ~1.7 ms of CPU over its seven processes, as
+# much as ~100 commands): small ones side by side fill the cores and slow every call.
+# Measured: 1,000 calls/s open loop p50 10 -> 6 ms; 64 in flight 6.1k -> 7.9k/s.
+WORTH_A_REQUEST = (MAX_BATCH // 2, MAX_BATCH_BYTES // 2)  # commands, or bytes
 
 
 # What a member older than the packed Apply form says to it (it sees no commands).
@@ -637,36 +642,46 @@ def _stream_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc
 
 
 class _Batcher:
-    """Concurrent calls share requests: while MAX_IN_FLIGHT requests are out, new items
-    wait and leave together in the next one (up to MAX_BATCH). `send` answers one
-    request with a result or an exception per item, in order."""
+    """Concurrent calls share requests: while a request is out, new items wait and leave
+    together in the next one (up to MAX_BATCH), when it comes back or as soon as they
+    are WORTH_A_REQUEST (up to MAX_IN_FLIGHT out). `send` answers one request with a
+    result or an exception per item, in order."""
 
     def __init__(
         self, send: Callable[[list[bytes]], Awaitable[Sequence[bytes | Exception]]]
     ) -> None:
         self._send = send
         self._waiting: list[tuple[bytes, asyncio.Future[bytes]]] = []
+        self._waiting_bytes = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: bytes) -> bytes:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
+        self._waiting_bytes += len(item)
         self._flush()
         return await future
 
     def _flush(self) -> None:
-        while self._waiting and self._in_flight < MAX_IN_FLIGHT:
+        while self._waiting and (self._in_flight == 0 or self._another_request()):
             count, size = 0, 0
             for item, _ in self._waiting[:MAX_BATCH]:
                 if count and size + len(item) > MAX_BATCH_BYTES:
                     break
                 count, size = count + 1, size + len(item)
             batch, self._waiting = self._waiting[:count], self._waiting[count:]
+            self._waiting_bytes -= size
             self._in_flight += 1
             task = asyncio.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _another_request(self) -> bool:
+        """Whether what waits may leave beside the requests already out."""
+        return self._in_flight < MAX_IN_FLIGHT and (
+            len(self._waiting) >= WORTH_A_REQUEST[0] or self._waiting_bytes >= WORTH_A_REQUEST[1]
+        )
 
     async def _run(self, batch: list[tuple[bytes, asyncio.Future[bytes]]]) -> None:
         try:
