@@ -60,7 +60,10 @@ def test_full_cluster_cold_restart_keeps_every_acknowledged_write(make_cluster):
     stop = threading.Event()
 
     def writer(n: int) -> None:
-        with BlockingCaller(cluster.addresses(), timeout=2.0) as caller:
+        # a short deadline: once every member is killed, each writer gives up quickly
+        with BlockingCaller(
+            cluster.addresses(), timeout=2.0, retry=RetryPolicy(deadline=4.0)
+        ) as caller:
             i = 0
             while not stop.is_set():
                 key, value = f"w{n}-{i}", f"{i}"

@@ -137,7 +137,7 @@ def test_create_three(operator: K8sEnv) -> None:
     assert not [r for r, _ in reasons(env, ns, name)[before:] if r == "AddLearner"]
     # Someone edits an owned Service: a label added to its selector would make it
     # select no pod. The operator puts the selector back whole, on the next spec
-    # change (here: resuming) or within ENSURE_EVERY_S.
+    # change (here: resuming) or within ENSURE_EVERY_INTERVALS reconciles.
     svc_url = f"/api/v1/namespaces/{ns}/services/{name}"
     selector = env.api.get(svc_url)["spec"]["selector"]  # type: ignore[index]
     env.api.patch(svc_url, {"spec": {"selector": {"extra": "label"}}})

@@ -53,7 +53,10 @@ from tinyraft_operator.spec import ClusterSpec, SpecError, parse
 log = logging.getLogger("tinyraft_operator")
 
 STATUS_TIMEOUT_S = 2.0
-ENSURE_EVERY_S = 30.0  # owned objects are re-checked on spec changes and this often
+# Owned objects (Services, PDB, StatefulSet) are re-checked on spec changes and every
+# this many reconcile intervals (30 s at the default 5 s): not every round, as each
+# check is several API calls per object.
+ENSURE_EVERY_INTERVALS = 6
 SLOW_RECONCILE_S = 2.0
 PHASES_S: dict[str, float] = {}  # the last observation's timings, for slow-reconcile logs
 
@@ -548,7 +551,8 @@ async def _reconcile_locked(rt: Runtime, body: dict[str, Any], memory: ClusterMe
         )  # fmt: skip
         action = plan(plan_spec, obs.observed)
         # Keep the owned objects in line with the spec (not while paused or halted).
-        due = time.monotonic() - memory.ensured_at > ENSURE_EVERY_S
+        every_s = ENSURE_EVERY_INTERVALS * rt.settings.interval_s
+        due = time.monotonic() - memory.ensured_at > every_s
         if not isinstance(action, (Paused, Halt)) and (
             due or memory.ensured_generation != spec.generation
         ):
