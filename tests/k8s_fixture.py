@@ -538,8 +538,12 @@ class Nodes:
             status = {"replicas": len(mine), "readyReplicas": ready,
                       "observedGeneration": meta.get("generation", 1)}  # fmt: skip
             if sts.get("status") != {**sts.get("status", {}), **status}:
-                self.api.patch(f"/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status",
-                               {"status": status})  # fmt: skip
+                try:
+                    self.api.patch(f"/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status",
+                                   {"status": status})  # fmt: skip
+                except ApiError as err:
+                    if err.status != 404:  # deleted since it was listed: so does the controller
+                        raise
 
     def _kubelet(self) -> None:
         pods = {
