@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import functools
 import ipaddress
+import math
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,7 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
         self.results: dict[tuple[int, int], bytes] = {}  # (client_id, sequence) -> result
         self.queries: list[caller_pb2.QueryBatchRequest] = []
         self.streams = 0  # ApplyStream calls
+        self.unary_deadlines: list[float | None] = []  # time left of each unary Apply
         self._server: grpc.aio.Server | None = None
 
     async def start(self, credentials: grpc.ServerCredentials | None = None) -> "FakeMember":
@@ -111,6 +113,8 @@ class FakeMember(caller_pb2_grpc.CallerServicer):
 
     async def Apply(self, request, context):
         self.requests.append(request)
+        if not isinstance(context, OneRequest):
+            self.unary_deadlines.append(context.time_remaining())
         if self.script:
             await self.script.pop(0)(self, request, context)
         results = self.apply_now(request)
@@ -326,6 +330,51 @@ async def test_small_calls_wait_for_the_request_out_and_a_full_batch_goes_beside
             assert await first == b"ok:first"
             assert await asyncio.gather(*rest) == [b"ok:%d" % i for i in range(worth)]
         assert len(member.requests) == 2
+
+
+@async_test
+async def test_a_call_behind_a_request_that_keeps_retrying_leaves_after_one_timeout():
+    """A call waits for the request out, but not for that request's whole retry
+    deadline (30 s here): after one attempt's timeout it leaves beside it."""
+    loop = asyncio.get_running_loop()
+    async with members(1) as (member,):
+        member.serves_streams = False  # unary: a member sees a request while one is held
+        release = asyncio.Event()
+        member.script = [wait_for(release)] * 100  # every attempt is held past its timeout
+        patient = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, deadline=30)
+        async with Caller(member.address, timeout=0.5, retry=patient) as caller:
+            first = asyncio.create_task(caller.apply(b"first"))
+            while not member.requests:
+                await asyncio.sleep(0.01)
+            second = asyncio.create_task(caller.apply(b"second"))
+            give_up = loop.time() + 10
+            while not any(c[3] == b"second" for r in member.requests for c in member.commands(r)):
+                assert loop.time() < give_up, "the second call waited behind the first"
+                await asyncio.sleep(0.01)
+            release.set()
+            assert await first == b"ok:first"
+            assert await second == b"ok:second"
+
+
+@async_test
+async def test_an_attempt_with_less_than_the_timeout_left_tells_the_member_its_own_deadline():
+    """A stream tells the member the Caller's whole timeout once; the last attempt,
+    with less time left, goes as a unary call whose deadline the member sees."""
+    async with members(1) as (member,):
+        member.script = [lose_reply(5.0)]  # the streamed attempt runs out its 1 s
+        short = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, deadline=1.9)
+        async with Caller(member.address, timeout=1.0, retry=short) as caller:
+            assert await caller.apply(b"x") == b"ok:x"  # the retry, answered from the cache
+        assert member.streams == 1 and len(member.requests) == 2
+        assert len(member.unary_deadlines) == 1
+        left = member.unary_deadlines[0]
+        assert left is not None and left < 0.95, left
+
+
+@pytest.mark.parametrize("timeout", [0, -1, math.inf, math.nan])
+def test_a_caller_timeout_must_be_positive_and_finite(timeout):
+    with pytest.raises(ValueError, match="timeout must be a positive, finite number of seconds"):
+        Caller("127.0.0.1:1", timeout=timeout)
 
 
 @pytest.mark.parametrize(

@@ -146,7 +146,7 @@ class RetryPolicy:
                 "RetryPolicy needs 0 < initial_backoff <= max_backoff <= overload_backoff "
                 "and multiplier >= 1"
             )
-        if self.deadline <= 0:
+        if not self.deadline > 0:  # (NaN too)
             raise ValueError("RetryPolicy.deadline must be positive")
 
     def backoff(self, retry: int, overloaded: bool = False) -> float:
@@ -206,7 +206,8 @@ class Caller:
     tls_ca, tls_cert, tls_key: PEM file paths. Giving any of them turns TLS on; tls_ca
       defaults to the system roots, and tls_cert with tls_key is the client certificate
       (members with TLS on require one, signed by their TLS_CA_FILE).
-    timeout: seconds per attempt (the retry policy's deadline bounds the whole call).
+    timeout: seconds per attempt (the retry policy's deadline bounds the whole call,
+      after at most one timeout waiting to leave beside a request already out).
     wait_for_ready: until some member has answered, an attempt waits, up to `timeout`,
       for a member that is not yet reachable instead of failing at once (a cluster that
       is starting up). Once the cluster has answered, a member that cannot be reached is
@@ -226,8 +227,11 @@ class Caller:
     ) -> None:
         self._targets = _check_targets(targets)
         self._credentials = _credentials(tls_ca, tls_cert, tls_key)
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(
+                f"timeout must be a positive, finite number of seconds per attempt, not "
+                f"{timeout!r} (the retry policy's deadline bounds the whole call)"
+            )
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._wait_for_ready = wait_for_ready
@@ -240,7 +244,7 @@ class Caller:
         self._closed = False
         # Concurrent calls share requests (batching is the design): applies in one
         # stream of ApplyRequests, queries in one stream per consistency.
-        self._applies = _Batcher(self._apply_request)
+        self._applies = _Batcher(self._apply_request, patience=timeout)
         self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
         self._batch_queries = True  # until a member answers QueryBatch UNIMPLEMENTED
         self._streams: dict[tuple[str, str], _Stream] = {}  # by (call name, target)
@@ -344,7 +348,7 @@ class Caller:
         batcher = self._queries.get(level)
         if batcher is None:
             batcher = self._queries[level] = _Batcher(
-                lambda requests: self._query_request(requests, level)
+                lambda requests: self._query_request(requests, level), patience=self._timeout
             )
         return await batcher.submit(bytes(request))
 
@@ -443,7 +447,10 @@ class Caller:
             target = self._leader or self._targets[self._next_target]
             remaining = deadline - loop.time()
             hint: str | None = None
-            opener = stream if (name, target) not in self._unstreamed else None
+            # A stream tells the member the Caller's whole timeout, once, when it opens:
+            # an attempt with less time left goes as a unary call carrying its own.
+            streamable = (name, target) not in self._unstreamed and remaining >= self._timeout
+            opener = stream if streamable else None
             try:
                 if opener is not None:
                     stream_to = self._stream(name, opener, target)
@@ -643,18 +650,23 @@ def _stream_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc
 
 class _Batcher:
     """Concurrent calls share requests: while a request is out, new items wait and leave
-    together in the next one (up to MAX_BATCH), when it comes back or as soon as they
-    are WORTH_A_REQUEST (up to MAX_IN_FLIGHT out). `send` answers one request with a
-    result or an exception per item, in order."""
+    together in the next one (up to MAX_BATCH), when it comes back, as soon as they are
+    WORTH_A_REQUEST, or once they have waited `patience` seconds (a request out may be
+    retrying for its whole deadline); up to MAX_IN_FLIGHT requests out. `send` answers
+    one request with a result or an exception per item, in order."""
 
     def __init__(
-        self, send: Callable[[list[bytes]], Awaitable[Sequence[bytes | Exception]]]
+        self,
+        send: Callable[[list[bytes]], Awaitable[Sequence[bytes | Exception]]],
+        patience: float,
     ) -> None:
         self._send = send
+        self._patience = patience
         self._waiting: list[tuple[bytes, asyncio.Future[bytes]]] = []
         self._waiting_bytes = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._overdue: asyncio.TimerHandle | None = None
 
     async def submit(self, item: bytes) -> bytes:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -665,17 +677,31 @@ class _Batcher:
 
     def _flush(self) -> None:
         while self._waiting and (self._in_flight == 0 or self._another_request()):
-            count, size = 0, 0
-            for item, _ in self._waiting[:MAX_BATCH]:
-                if count and size + len(item) > MAX_BATCH_BYTES:
-                    break
-                count, size = count + 1, size + len(item)
-            batch, self._waiting = self._waiting[:count], self._waiting[count:]
-            self._waiting_bytes -= size
-            self._in_flight += 1
-            task = asyncio.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._send_next()
+        if self._waiting and self._overdue is None:
+            loop = asyncio.get_running_loop()
+            self._overdue = loop.call_later(self._patience, self._leave_overdue)
+
+    def _leave_overdue(self) -> None:
+        """What has waited `patience` leaves beside the requests out (some may be newer:
+        at worst an extra request every `patience` seconds)."""
+        self._overdue = None
+        if self._waiting and self._in_flight < MAX_IN_FLIGHT:
+            self._send_next()
+        self._flush()
+
+    def _send_next(self) -> None:
+        count, size = 0, 0
+        for item, _ in self._waiting[:MAX_BATCH]:
+            if count and size + len(item) > MAX_BATCH_BYTES:
+                break
+            count, size = count + 1, size + len(item)
+        batch, self._waiting = self._waiting[:count], self._waiting[count:]
+        self._waiting_bytes -= size
+        self._in_flight += 1
+        task = asyncio.create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _another_request(self) -> bool:
         """Whether what waits may leave beside the requests already out."""

@@ -164,10 +164,15 @@ async def _serve_stream[Request, Answer](
     room = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
     async def take() -> None:
+        incoming = aiter(requests)
         try:
-            async for request in requests:
+            while True:
+                await room.acquire()  # read a request only with room to hold it
+                try:
+                    request = await anext(incoming)
+                except StopAsyncIteration:
+                    break
                 answers.put_nowait(asyncio.ensure_future(one(request)))
-                await room.acquire()
         finally:
             answers.put_nowait(None)
 
