@@ -206,8 +206,9 @@ class Caller:
     tls_ca, tls_cert, tls_key: PEM file paths. Giving any of them turns TLS on; tls_ca
       defaults to the system roots, and tls_cert with tls_key is the client certificate
       (members with TLS on require one, signed by their TLS_CA_FILE).
-    timeout: seconds per attempt (the retry policy's deadline bounds the whole call,
-      after at most one timeout waiting to leave beside a request already out).
+    timeout: seconds per attempt (the retry policy's deadline bounds the whole call
+      once it has left: while requests are out, a call waits for them, for one timeout
+      at most unless MAX_IN_FLIGHT are out).
     wait_for_ready: until some member has answered, an attempt waits, up to `timeout`,
       for a member that is not yet reachable instead of failing at once (a cluster that
       is starting up). Once the cluster has answered, a member that cannot be reached is
