@@ -542,7 +542,7 @@ class Nodes:
                     self.api.patch(f"/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status",
                                    {"status": status})  # fmt: skip
                 except ApiError as err:
-                    if err.status != 404:  # deleted since it was listed: so does the controller
+                    if err.status != 404:  # deleted since it was listed: a controller shrugs
                         raise
 
     def _kubelet(self) -> None:

@@ -245,7 +245,7 @@ class Caller:
         self._closed = False
         # Concurrent calls share requests (batching is the design): applies in one
         # stream of ApplyRequests, queries in one stream per consistency.
-        self._applies = _Batcher(self._apply_request, patience=timeout)
+        self._applies = _Batcher(self._apply_request, patience=self._timeout)
         self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
         self._batch_queries = True  # until a member answers QueryBatch UNIMPLEMENTED
         self._streams: dict[tuple[str, str], _Stream] = {}  # by (call name, target)

@@ -13,7 +13,7 @@ import grpc
 
 import tinyraft
 from tinyraft.answers import as_results
-from tinyraft.caller import TIMEOUT_METADATA_KEY
+from tinyraft.caller import LEADER_METADATA_KEY, TIMEOUT_METADATA_KEY
 from tinyraft.core.sessions import Command, encode_records, encode_run
 from tinyraft.core.types import (
     ConfigChangeRefused,
@@ -32,7 +32,6 @@ from tinyraft.v1 import caller_pb2 as cpb
 
 log = logging.getLogger("tinyraft.services")
 
-LEADER_KEY = "tinyraft-leader"
 PROMOTE_READY = 0.9  # a learner is promoted only with this share of committed entries
 QUERY_TIMEOUT_S = 10.0
 STREAM_IN_FLIGHT = 64  # requests a Caller stream may have unanswered (a Caller sends 4)
@@ -47,7 +46,7 @@ async def _abort(
 ) -> NoReturn:
     # Always present on our answers (empty: no leader to suggest), so a forwarding
     # member can tell a leader that answered from one that could not be reached.
-    context.set_trailing_metadata(((LEADER_KEY, leader or ""),))
+    context.set_trailing_metadata(((LEADER_METADATA_KEY, leader or ""),))
     await context.abort(code, message)
     raise AssertionError("unreachable")
 
@@ -76,7 +75,7 @@ def _answered_by(err: grpc.aio.AioRpcError) -> str | None:
     """The leader hint of a member's answer ("" for none); None if no member answered
     (the call failed to connect or the connection broke)."""
     for key, value in err.trailing_metadata() or ():
-        if key == LEADER_KEY:
+        if key == LEADER_METADATA_KEY:
             return str(value)
     return None
 
@@ -107,7 +106,7 @@ class _StreamedRequest:
         self._deadline = None if timeout is None else time.monotonic() + timeout
 
     def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.leader = dict(metadata).get(LEADER_KEY, "")
+        self.leader = dict(metadata).get(LEADER_METADATA_KEY, "")
 
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise _StreamRefusal(code, details, self.leader)
@@ -368,7 +367,7 @@ class CallerService(caller_pb2_grpc.CallerServicer):
                 call.cancel()
                 raise _LeaderChanged
             reply = await answer
-            context.set_trailing_metadata(((LEADER_KEY, address),))  # next time, go there
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, address),))  # next time, go there
             return reply
         finally:
             changed.cancel()
