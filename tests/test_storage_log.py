@@ -1,16 +1,26 @@
 """SqliteLogStore behaviour on real files: appends, conflict truncation, compaction,
-range reads, validation, metrics hooks, and a random model-based run."""
+range reads, validation, metrics hooks, checkpoints beside the writer, and a random
+model-based run."""
 
 from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from tinyraft.core.types import Configuration, Entry, EntryKind, HardState, SnapshotMeta
-from tinyraft.storage import CompactedError, CorruptionError, LogStore, SqliteLogStore, StorageError
+from tinyraft.local import wait_for
+from tinyraft.storage import (
+    CompactedError,
+    CorruptionError,
+    LogStore,
+    SqliteLogStore,
+    StorageError,
+    checkpointer,
+)
 
 CONFIG = Configuration(frozenset({"a", "b", "c"}))
 
@@ -174,6 +184,39 @@ def test_large_entries_and_batches(tmp_path: Path) -> None:
     store.save(HardState(1, "a", 0), big)
     store.save(None, many)
     assert reopen(store).load()[2] == big + many
+
+
+def test_the_wal_is_copied_beside_the_writer_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saves never stop to checkpoint: the checkpointer's thread copies the WAL into the
+    database file, and the writer then starts the WAL over instead of growing it."""
+    monkeypatch.setattr(checkpointer, "TRIGGER_BYTES", 256 << 10)
+    store = SqliteLogStore.open(tmp_path)
+    db, wal = tmp_path / "raft.db", tmp_path / "raft.db-wal"
+    chunk = 32 << 10  # 8 saves per trigger, far below the writer's own 4 MiB backstop
+    index = 1
+
+    def save_and_see_it_copied(what: str) -> None:
+        nonlocal index
+        before = db.stat().st_size
+        for _ in range(8):
+            store.save(HardState(1, "a", 0), [Entry(index, 1, EntryKind.NORMAL, b"x" * chunk)])
+            index += 1
+        wait_for(lambda: db.stat().st_size >= before + 8 * chunk, 10.0, what)
+
+    save_and_see_it_copied("the WAL copied into raft.db")
+    wal_size = wal.stat().st_size
+    for round_ in range(3):
+        save_and_see_it_copied(f"round {round_} copied")
+    assert wal.stat().st_size <= wal_size + chunk, "the WAL grew instead of starting over"
+    store.close()
+    assert not wal.exists()  # the last connection to close checkpoints and removes it
+    names = [t.name for t in threading.enumerate()]
+    assert f"tinyraft-checkpoint-{tmp_path.name}" not in names  # close() ended the thread
+    assert SqliteLogStore.open(tmp_path).load()[2] == [
+        Entry(i, 1, EntryKind.NORMAL, b"x" * chunk) for i in range(1, index)
+    ]
 
 
 def test_a_failed_write_stops_the_store(tmp_path: Path) -> None:

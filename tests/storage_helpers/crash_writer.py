@@ -30,7 +30,9 @@ import sys
 import traceback
 
 from tinyraft.core.types import Configuration, Entry, EntryKind, HardState, SnapshotMeta
-from tinyraft.storage import DataDir
+from tinyraft.storage import DataDir, checkpointer
+
+checkpointer.TRIGGER_BYTES = 2048  # checkpoint all the time, so kills land inside them too
 
 MEMBERS = ("m1", "m2", "m3")
 CONFIG = Configuration(frozenset(MEMBERS))

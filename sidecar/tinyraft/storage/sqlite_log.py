@@ -4,7 +4,8 @@ Tables: `log` (one row per saved batch, see codec.py), `hard_state` and `snapsho
 (one row each, with their own CRC-32). WAL journal, synchronous=FULL: a commit
 fsyncs the WAL, so one save() is one transaction and one fsync (group commit).
 Saves with sync=False run at synchronous=NORMAL, which skips the commit fsync but
-keeps checkpoints synced, so earlier fsynced saves stay durable.
+keeps checkpoints synced, so earlier fsynced saves stay durable. Checkpoints run on a
+thread of their own (checkpointer.py), not inside a save.
 
 Start-up checks, in order (each failure raises CorruptionError naming the file):
 - the WAL is walked before SQLite opens it (wal_check.py): a torn last transaction
@@ -38,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tinyraft.core.types import Configuration, Entry, HardState, SnapshotMeta
+from tinyraft.storage.checkpointer import BACKSTOP_PAGES, Checkpointer
 from tinyraft.storage.codec import (
     MalformedRecord,
     batch_crc,
@@ -109,6 +111,7 @@ class SqliteLogStore:
         self._snapshot: SnapshotMeta | None = None
         self._last = 0
         self._commit_seconds = 0.0
+        self._checkpointer: Checkpointer | None = None  # started once the file checks out
 
     @classmethod
     def open(
@@ -134,6 +137,7 @@ class SqliteLogStore:
                 store._setup(create)
             if not existed:
                 fsync_dir(data_dir)
+            store._checkpointer = Checkpointer(path)
         except BaseException:
             conn.close()
             raise
@@ -146,6 +150,7 @@ class SqliteLogStore:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA cell_size_check = ON")
         conn.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL after big batches
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")  # see checkpointer.py
         problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise CorruptionError(self.path, "SQLite quick_check: " + "; ".join(problems[:5]))
@@ -286,6 +291,8 @@ class SqliteLogStore:
             if hard_state is not None:
                 self._hard_state = hard_state
             commit_seconds = self._commit_seconds
+            if self._checkpointer is not None:
+                self._checkpointer.wrote(written)
         if sync and self._on_fsync is not None:
             self._on_fsync(commit_seconds)
         if self._on_bytes_written is not None:
@@ -356,6 +363,8 @@ class SqliteLogStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self._conn.close()  # the last connection checkpoints and removes the WAL
 
     # --- plumbing ---------------------------------------------------------------------
