@@ -31,6 +31,7 @@ from tinyraft.core.types import (
     InstallSnapshot,
     Message,
     ProposalError,
+    Ready,
     RequestVote,
     Role,
     SnapshotMeta,
@@ -49,6 +50,9 @@ log = logging.getLogger("tinyraft.member")
 T = TypeVar("T")
 
 MAX_ENTRY_BYTES = 1 << 20  # commands proposed together go into entries of at most this size
+# A follower writes a batch up to this size on its event loop when the disk thread is
+# idle (see _save); ~0.3 ms of fsync, where the thread's hand-off costs ~0.2 ms.
+INLINE_SAVE_BYTES = 64 << 10
 SNAPSHOT_CHUNK = 256 << 10
 
 
@@ -86,6 +90,7 @@ class Member:
         self.metrics = metrics
         self.cluster_id = data_dir.identity.cluster_id
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="tinyraft-disk")  # one writer
+        self._disk_jobs = 0  # storage() calls queued or running on it
         self.module = ModuleClient(str(cfg.module))
         self.applier = Applier(self, self.module)
         self.transport = PeerTransport(
@@ -145,7 +150,11 @@ class Member:
 
     async def storage(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a storage call on the single disk thread (SQLite is used by one thread)."""
-        return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
+        self._disk_jobs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
+        finally:
+            self._disk_jobs -= 1
 
     async def compact_log(self, meta: SnapshotMeta) -> None:
         """Compact the log to a snapshot, then free the old records in the background,
@@ -225,9 +234,7 @@ class Member:
         if apply_first:
             self._hand_committed(rd.committed)
         if rd.hard_state is not None or rd.entries:
-            await self.storage(
-                self.data_dir.log.save, rd.hard_state, rd.entries, rd.must_sync and self.cfg.fsync
-            )
+            await self._save(rd, inline=not apply_first)
         self._send(rd.messages)
         if not apply_first:
             self._hand_committed(rd.committed)
@@ -238,6 +245,25 @@ class Member:
         core.advance(rd)
         self._changed.set()
         self._changed = asyncio.Event()
+
+    async def _save(self, rd: Ready, inline: bool) -> None:
+        """Make the core's state and entries durable before its messages go out.
+
+        With `inline`, a small write goes on this thread when the disk thread is idle
+        (only this loop queues work on it, so it stays idle meanwhile): a follower's
+        write is on the path of every command it acknowledges, the hand-off to the disk
+        thread and back costs as much as the fsync, and the follower has nothing better
+        to do than answer the leader. The leader writes in parallel with replication and
+        keeps its loop for the answers."""
+        args = (rd.hard_state, rd.entries, rd.must_sync and self.cfg.fsync)
+        if (
+            inline
+            and self._disk_jobs == 0
+            and sum(len(e.data) for e in rd.entries) <= INLINE_SAVE_BYTES
+        ):
+            self.data_dir.log.save(*args)
+        else:
+            await self.storage(self.data_dir.log.save, *args)
 
     def _hand_committed(self, entries: list[Entry]) -> None:
         if entries:
