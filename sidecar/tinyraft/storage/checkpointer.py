@@ -32,7 +32,7 @@ class Checkpointer:
     def __init__(self, db_path: Path) -> None:
         self._db_path = db_path
         self._trigger_bytes = TRIGGER_BYTES  # read here, so a test can lower it
-        self._unchecked = 0  # bytes saved since the last trigger (writer's thread only)
+        self._unchecked = 0  # bytes saved since the last trigger (under the store's lock)
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(
@@ -54,7 +54,11 @@ class Checkpointer:
         self._thread.join()
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self._db_path, isolation_level=None)
+        try:
+            conn = sqlite3.connect(self._db_path, isolation_level=None)
+        except sqlite3.Error:
+            log.warning("cannot open %s to checkpoint it", self._db_path, exc_info=True)
+            return  # the writer's own checkpoints go on
         try:
             conn.execute("PRAGMA synchronous = FULL")  # fsync the WAL, then the file
             while True:
@@ -68,6 +72,8 @@ class Checkpointer:
                     log.warning(
                         "checkpointing %s failed; retrying later", self._db_path, exc_info=True
                     )
+        except sqlite3.Error:
+            log.warning("cannot checkpoint %s", self._db_path, exc_info=True)
         finally:
             conn.close()
 
