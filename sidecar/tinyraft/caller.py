@@ -808,6 +808,8 @@ class BlockingCaller:
 
 
 def _check_bytes(value: object, what: str = "commands") -> None:
+    if type(value) is bytes:  # the common case, first: this runs for every call
+        return
     if not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"{what} are bytes, not {type(value).__name__}: encode first")
 
