@@ -189,34 +189,41 @@ def test_large_entries_and_batches(tmp_path: Path) -> None:
 def test_the_wal_is_copied_beside_the_writer_and_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Saves never stop to checkpoint: the checkpointer's thread copies the WAL into the
-    database file, and the writer then starts the WAL over instead of growing it."""
-    monkeypatch.setattr(checkpointer, "TRIGGER_BYTES", 256 << 10)
+    """The checkpointer's thread copies the WAL into the database file, and the writer
+    then starts the WAL over instead of growing it."""
+    monkeypatch.setattr(checkpointer, "TRIGGER_BYTES", 1)  # a round after every save
     store = SqliteLogStore.open(tmp_path)
     db, wal = tmp_path / "raft.db", tmp_path / "raft.db-wal"
-    chunk = 32 << 10  # 8 saves per trigger, far below the writer's own 4 MiB backstop
-    index = 1
-
-    def save_and_see_it_copied(what: str) -> None:
-        nonlocal index
-        before = db.stat().st_size
-        for _ in range(8):
-            store.save(HardState(1, "a", 0), [Entry(index, 1, EntryKind.NORMAL, b"x" * chunk)])
-            index += 1
-        wait_for(lambda: db.stat().st_size >= before + 8 * chunk, 10.0, what)
-
-    save_and_see_it_copied("the WAL copied into raft.db")
-    wal_size = wal.stat().st_size
-    for round_ in range(3):
-        save_and_see_it_copied(f"round {round_} copied")
-    assert wal.stat().st_size <= wal_size + chunk, "the WAL grew instead of starting over"
+    chunk = 32 << 10
+    empty = db.stat().st_size
+    wal_sizes = []
+    for index in range(1, 9):
+        rounds = store.checkpoint_rounds
+        store.save(HardState(1, "a", 0), [Entry(index, 1, EntryKind.NORMAL, b"x" * chunk)])
+        wait_for(
+            lambda before=rounds: store.checkpoint_rounds > before, 10.0, f"a round after {index}"
+        )
+        wal_sizes.append(wal.stat().st_size)
+    assert db.stat().st_size >= empty + 8 * chunk  # every save's pages are in the file
+    assert wal_sizes[-1] == wal_sizes[0], f"the WAL grew instead of starting over: {wal_sizes}"
     store.close()
     assert not wal.exists()  # the last connection to close checkpoints and removes it
     names = [t.name for t in threading.enumerate()]
     assert f"tinyraft-checkpoint-{tmp_path.name}" not in names  # close() ended the thread
-    assert SqliteLogStore.open(tmp_path).load()[2] == [
-        Entry(i, 1, EntryKind.NORMAL, b"x" * chunk) for i in range(1, index)
-    ]
+    reopened = SqliteLogStore.open(tmp_path)
+    assert reopened.load()[2] == [Entry(i, 1, EntryKind.NORMAL, b"x" * chunk) for i in range(1, 9)]
+    reopened.close()
+
+
+def test_small_saves_are_checkpointed_before_the_writers_backstop(tmp_path: Path) -> None:
+    """A save rewrites whole pages besides its payload: the trigger counts them, so the
+    checkpointer's thread copies a WAL of small saves before the writer's own backstop
+    (1,000 pages, ~430 saves like these) would stop a save to do it."""
+    store = SqliteLogStore.open(tmp_path)
+    for index in range(1, 301):
+        store.save(HardState(1, "a", index - 1), [Entry(index, 1, EntryKind.NORMAL, b"x" * 100)])
+    wait_for(lambda: store.checkpoint_rounds >= 1, 10.0, "a checkpoint round")
+    store.close()
 
 
 def test_a_failed_write_stops_the_store(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from tinyraft.core.types import (
     AppendResponse,
     Configuration,
     Entry,
+    HardState,
     InstallSnapshot,
     Message,
     ProposalError,
@@ -93,8 +94,9 @@ class Member:
         self.metrics = metrics
         self.cluster_id = data_dir.identity.cluster_id
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="tinyraft-disk")  # one writer
-        self._disk_jobs = 0  # storage() calls queued or running on it
-        self._last_save_s = 0.0  # how long the last log write took
+        # The last job given to it: jobs run in order, so once it is done all are.
+        self._last_disk_job: Future[Any] | None = None
+        self._last_save_s = 0.0  # how long the last log write took, on whichever thread
         self.module = ModuleClient(str(cfg.module))
         self.applier = Applier(self, self.module)
         self.transport = PeerTransport(
@@ -154,11 +156,11 @@ class Member:
 
     async def storage(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a storage call on the single disk thread (SQLite is used by one thread)."""
-        self._disk_jobs += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
-        finally:
-            self._disk_jobs -= 1
+        job = self._last_disk_job = self._disk.submit(fn, *args)
+        return await asyncio.wrap_future(job)
+
+    def _disk_idle(self) -> bool:
+        return self._last_disk_job is None or self._last_disk_job.done()
 
     async def compact_log(self, meta: SnapshotMeta) -> None:
         """Compact the log to a snapshot, then free the old records in the background,
@@ -253,23 +255,27 @@ class Member:
     async def _save(self, rd: Ready, inline: bool) -> None:
         """Make the core's state and entries durable before its messages go out.
 
-        With `inline`, a small write goes on this thread when the disk thread is idle
-        (only this loop queues work on it, so it stays idle meanwhile): a follower's
-        write is on the path of every command it acknowledges, the hand-off to the disk
-        thread and back costs as much as the fsync, and the follower has nothing better
-        to do than answer the leader. The leader writes in parallel with replication and
-        keeps its loop for the answers."""
+        With `inline` (a member that is not the leader), a small write goes on this
+        thread when the disk thread is idle (only this loop queues work on it, so it
+        stays idle meanwhile) and the last write was quick: a follower's write is on the
+        path of every command it acknowledges, the hand-off to the disk thread and back
+        costs as much as the fsync, and the follower has nothing better to do than
+        answer the leader. The leader writes in parallel with replication and keeps its
+        loop for the answers."""
         args = (rd.hard_state, rd.entries, rd.must_sync and self.cfg.fsync)
-        started = time.perf_counter()
         if (
             inline
-            and self._disk_jobs == 0
+            and self._disk_idle()
             and self._last_save_s <= INLINE_SAVE_MAX_S
             and sum(len(e.data) for e in rd.entries) <= INLINE_SAVE_BYTES
         ):
-            self.data_dir.log.save(*args)
+            self._timed_save(*args)
         else:
-            await self.storage(self.data_dir.log.save, *args)
+            await self.storage(self._timed_save, *args)
+
+    def _timed_save(self, hard_state: HardState | None, entries: list[Entry], sync: bool) -> None:
+        started = time.perf_counter()
+        self.data_dir.log.save(hard_state, entries, sync)
         self._last_save_s = time.perf_counter() - started
 
     def _hand_committed(self, entries: list[Entry]) -> None:

@@ -137,7 +137,8 @@ class SqliteLogStore:
                 store._setup(create)
             if not existed:
                 fsync_dir(data_dir)
-            store._checkpointer = Checkpointer(path)
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            store._checkpointer = Checkpointer(path, page_size)
         except BaseException:
             conn.close()
             raise
@@ -291,8 +292,7 @@ class SqliteLogStore:
             if hard_state is not None:
                 self._hard_state = hard_state
             commit_seconds = self._commit_seconds
-            if self._checkpointer is not None:
-                self._checkpointer.wrote(written)
+            self._committed(written)
         if sync and self._on_fsync is not None:
             self._on_fsync(commit_seconds)
         if self._on_bytes_written is not None:
@@ -333,6 +333,7 @@ class SqliteLogStore:
             if meta.index > self._snapshot_index:
                 with self._poison_on_error(), self._sqlite_errors():
                     self._compact(meta)
+                self._committed(0)
 
     def _compact(self, meta: SnapshotMeta) -> None:
         self._set_sync(True)
@@ -382,7 +383,17 @@ class SqliteLogStore:
                         " (SELECT first FROM log WHERE first <= ? ORDER BY first LIMIT ?)",
                         (self._snapshot_index, records),
                     ).rowcount
+                self._committed(0)
                 return bool(deleted == records)
+
+    def _committed(self, payload_bytes: int) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.committed(payload_bytes)
+
+    @property
+    def checkpoint_rounds(self) -> int:
+        """Rounds the checkpointer's thread ended with the whole WAL copied."""
+        return self._checkpointer.rounds_done if self._checkpointer is not None else 0
 
     def _set_sync(self, full: bool) -> None:
         if full != self._synchronous_full:
@@ -414,6 +425,8 @@ class SqliteLogStore:
             yield
         except StorageError as exc:
             self._failed = exc
+            if self._checkpointer is not None:
+                self._checkpointer.stop()  # the file's state is unknown: leave it be
             raise
 
     @contextmanager
