@@ -277,7 +277,12 @@ class Simulation(NodeHooks):
     def client_targets(self) -> list[str]:
         """Where clients send requests: the members of the newest configuration, as a
         Kubernetes Service would list them (removed members linger, but not in it)."""
-        newest = max(self.nodes.values(), key=lambda n: (n.raft.log.last_config_index(), n.id))
+        # A compacted log holds no config entry: its config is the snapshot's, as of the
+        # snapshot's index (else a removed member's stale log would look newest).
+        newest = max(
+            self.nodes.values(),
+            key=lambda n: (n.raft.log.last_config_index() or n.raft.log.snapshot.index, n.id),
+        )
         members = sorted(newest.raft.config.members & self.nodes.keys())
         return members or sorted(self.nodes)
 
