@@ -196,3 +196,35 @@ def test_unanswered_pre_votes_are_asked_again_within_two_ticks() -> None:
         c.tick_all()
         c.stabilize()
     assert c.leader() == "c"  # asked again and elected, long before b's own timeout
+
+
+def test_two_members_that_time_out_together_do_not_split_the_vote() -> None:
+    """The leader dies and both survivors time out in the same tick. Granting each
+    other's pre-vote would make both candidates in one term, each voting for itself: a
+    split vote, and another whole election timeout before anyone leads. With equal logs
+    the lower id stands, and the other grants it."""
+    c = elect()
+    c.crash("a")
+    for name in "bc":
+        c.raft(name).randomized_timeout = E
+    c.tick_all(E)
+    assert c.role("b") is Role.PRE_CANDIDATE and c.role("c") is Role.PRE_CANDIDATE
+    c.stabilize()
+    assert c.leader() == "b"
+    votes = [m for m in c.history(kinds=RequestVote) if not m.pre_vote and m.term > 2]
+    assert {m.src for m in votes} == {"b"}  # c never stood
+    assert c.term("c") == c.term("b") == 3
+
+
+def test_a_member_with_a_longer_log_wins_a_tie_whatever_its_id() -> None:
+    c = elect()
+    c.propose("a", b"x")
+    c.process("a")
+    c.drop(src="a", dst="b")
+    c.deliver(src="a", dst="c")  # only c has the entry when a dies
+    c.crash("a")
+    for name in "bc":
+        c.raft(name).randomized_timeout = E
+    c.tick_all(E)
+    c.stabilize()
+    assert c.leader() == "c"

@@ -366,7 +366,7 @@ class Raft:
             self.vote == m.src
             or (self.vote is None and self.leader is None)
             or (m.pre_vote and m.term > self.term)
-        )
+        ) and not self._stands_in_a_tie(m)
         if can_vote and up_to_date:
             # A pre-vote answer carries the candidate's term, so it is not ignored.
             self.msgs.append(VoteResponse(m.term, self.id, m.src, True, pre_vote=m.pre_vote))
@@ -375,6 +375,22 @@ class Raft:
                 self.election_elapsed = 0
         else:
             self.msgs.append(VoteResponse(self.term, self.id, m.src, False, pre_vote=m.pre_vote))
+
+    def _stands_in_a_tie(self, m: RequestVote) -> bool:
+        """Whether this pre-candidate refuses m, another pre-vote for the same term.
+
+        Two members that time out together (both heard the dead leader's last heartbeat)
+        would pass each other's pre-vote and split the real vote, each voting for itself:
+        another whole election timeout. With equal logs the lower id stands and the
+        other grants it; a longer log still wins, whatever its id. Only a pre-vote is
+        refused, so this changes who stands, never what is safe."""
+        return (
+            m.pre_vote
+            and self.role is Role.PRE_CANDIDATE
+            and m.term == self.term + 1
+            and self.id < m.src
+            and (m.last_term, m.last_index) == (self.log.last_term, self.log.last_index)
+        )
 
     def _step_candidate(self, m: Message) -> None:
         if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)):
