@@ -29,6 +29,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from tinyraft import event_loop
 from tinyraft.caller import Caller, ConsistencyName
 from tinyraft.local import LocalCluster
 
@@ -200,7 +201,7 @@ def run(
     cfg: BenchConfig, base: Path | None = None, show_progress: bool = False
 ) -> dict[str, object]:
     with bench_cluster(cfg, base) as (_, addresses):
-        return asyncio.run(drive(addresses, cfg, show_progress))
+        return event_loop.run(drive(addresses, cfg, show_progress))
 
 
 def main(cfg: BenchConfig, as_json: bool) -> int:

@@ -339,6 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return sidecar_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command in ("local", "example", "bench", "demo"):
+        # They run event loops or start processes that do: a bad choice fails here.
+        from tinyraft.event_loop import loop_factory_or_exit
+
+        loop_factory_or_exit()
     try:
         if args.command in OPS_COMMANDS:
             return _run_ops(args)

@@ -61,6 +61,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tinyraft import event_loop
 from tinyraft.answers import as_results
 from tinyraft.v1 import module_pb2 as pb
 from tinyraft.v1 import module_pb2_grpc as pb_grpc
@@ -381,4 +382,4 @@ def run_module(
             if not serving.cancelled():
                 raise
 
-    asyncio.run(main())
+    event_loop.run(main())

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tinyraft import event_loop
 from tinyraft.core.types import Role
 from tinyraft.server.config import SidecarConfig, main_config_or_exit
 from tinyraft.server.member import Member
@@ -188,4 +189,4 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return asyncio.run(_serve(cfg))
+    return event_loop.run(_serve(cfg))
