@@ -4,6 +4,7 @@ deterministic expiry, snapshots of the table, and the command batch encoding."""
 from __future__ import annotations
 
 import itertools
+import struct
 
 import pytest
 from hypothesis import given
@@ -17,6 +18,8 @@ from tinyraft.core.sessions import (
     decode_batch,
     decode_runs,
     encode_batch,
+    encode_run,
+    join_records,
 )
 
 
@@ -156,7 +159,33 @@ def test_a_retry_after_eviction_is_never_applied_twice() -> None:
 
 
 def test_a_truncated_batch_is_reported_as_malformed() -> None:
-    data = encode_batch([Command(1, 2, 3, b"abc")])
-    for cut in range(len(data)):
+    data = encode_batch([Command(1, 2, 3, b"abc"), Command(4, 5, 6, b"de")])
+    for cut in range(1, len(data)):
         with pytest.raises(ValueError):
             decode_batch(data[:cut])
+
+
+def test_a_run_of_no_commands_is_malformed() -> None:
+    with pytest.raises(ValueError, match="a run of no commands"):
+        decode_runs(join_records([encode_run(1, 1, 1, [])], 1))
+
+
+def test_one_request_is_one_run_with_four_bytes_a_command() -> None:
+    payloads = [b"x" * 128] * 100
+    data = join_records([encode_run(7, 41, 40, payloads)], 100)
+    assert decode_runs(data) == [Run(7, 41, 40, payloads)]
+    assert len(data) == 8 + 28 + 100 * (4 + 128)
+
+
+def test_batches_in_the_first_format_still_decode() -> None:
+    """Logs written before runs hold a count, then a record per command: a member reads
+    them after an upgrade."""
+    cmds = [Command(1, 5, 2, b"a"), Command(1, 6, 2, b"bc"), Command(9, 1, 1, b"")]
+    first = struct.pack("<I", len(cmds)) + b"".join(
+        struct.pack("<QQQI", c.client, c.seq, c.ack_below, len(c.payload)) + c.payload for c in cmds
+    )
+    assert decode_batch(first) == cmds
+    assert decode_runs(first) == [Run(1, 5, 2, [b"a", b"bc"]), Run(9, 1, 1, [b""])]
+    for bad in (first + b"\0", first[:-1]):
+        with pytest.raises(ValueError):
+            decode_runs(bad)

@@ -247,7 +247,7 @@ class CallerService(caller_pb2_grpc.CallerServicer):
                 i = next(i for i, n in enumerate(sizes) if n > limit)
                 await refuse(too_big(f"payloads[{i}]", sizes[i]))
             records = encode_run(
-                request.client_id, request.first_sequence, request.ack_below, payloads
+                request.client_id, request.first_sequence, request.ack_below, payloads, sizes
             )
             return records, len(payloads)
         if not request.commands:
