@@ -177,21 +177,20 @@ class _Session:
     def __init__(self) -> None:
         self.client_id = secrets.randbelow(2**63 - 1) + 1  # 63 bits, never 0
         self._next = 1
-        self._unanswered: set[int] = set()
+        # The first number of each request not yet answered. Requests take numbers in
+        # increasing order, so the first key is the lowest number not yet answered.
+        self._unanswered: dict[int, None] = {}
         self._ack_below = 1  # every number below this has been answered
 
     def reserve(self, count: int) -> range:
         numbers = range(self._next, self._next + count)
         self._next += count
-        self._unanswered.update(numbers)
+        self._unanswered[numbers.start] = None
         return numbers
 
     def answered(self, numbers: range) -> None:
-        self._unanswered.difference_update(numbers)
-        # Numbers are handed out contiguously, so everything in [ack_below, next) not in
-        # the unanswered set has been answered: the pointer only moves forward.
-        while self._ack_below < self._next and self._ack_below not in self._unanswered:
-            self._ack_below += 1
+        self._unanswered.pop(numbers.start, None)
+        self._ack_below = next(iter(self._unanswered), self._next)
 
     @property
     def ack_below(self) -> int:
