@@ -409,6 +409,34 @@ def test_command_without_session_is_refused_naming_the_field(
     assert leader_of(cluster) == leader
 
 
+def test_a_command_of_a_forgotten_session_is_refused_in_either_form(
+    cluster: LocalCluster,
+) -> None:
+    """A client id the cluster does not know, whose ack_below says it had answers: its
+    session was forgotten, and applying its commands could apply one twice."""
+    leader = caller_stub(cluster, leader_of(cluster))
+    packed = leader.Apply(
+        cpb.ApplyRequest(
+            client_id=777001, first_sequence=5, ack_below=5, payloads=[put("forgotten", "1")]
+        ),
+        timeout=10,
+    )
+    assert list(packed.packed_results) == [b""]
+    assert "session expired" in packed.errors[0], packed
+    unpacked = leader.Apply(
+        cpb.ApplyRequest(
+            commands=[
+                cpb.Command(
+                    client_id=777002, sequence=3, ack_below=3, payload=put("forgotten", "2")
+                )
+            ]
+        ),
+        timeout=10,
+    )
+    assert "session expired" in unpacked.results[0].error, unpacked
+    assert read(cluster, "forgotten") is None
+
+
 def test_empty_apply_request_is_refused(cluster: LocalCluster) -> None:
     for member in cluster.members:
         r = refused(lambda m=member: caller_stub(cluster, m).Apply(cpb.ApplyRequest(), timeout=5))

@@ -53,8 +53,9 @@ class _Plan:
     """What a batch of committed entries asks of the Module, and how to answer."""
 
     # Per entry: (index, term, answers); an answer is a Result, or an int: the command's
-    # slot in the Module's results.
-    answers: list[tuple[int, int, list[Result | int]]] = field(default_factory=list)
+    # slot in the Module's results. A range when every command of the entry is NEW (the
+    # usual case): its results are those slots of the Module's, in one slice.
+    answers: list[tuple[int, int, range | list[Result | int]]] = field(default_factory=list)
     indexes: list[int] = field(default_factory=list)  # the Module's commands: log indexes,
     commands: list[bytes] = field(default_factory=list)  # payloads,
     # and the NEW commands as runs, with each run's first slot: to fill the table in.
@@ -246,9 +247,14 @@ class Applier:
         if answer:
             m = self.m
             for index, term, answers in plan.answers:
-                if m.is_waiting(index):  # only the leader has callers to answer
+                if not m.is_waiting(index):  # only the leader has callers to answer
+                    continue
+                out: list[Result | int]
+                if type(answers) is range:  # the Module's results, in one slice
+                    out = results[answers.start : answers.stop]  # type: ignore[assignment]
+                else:
                     out = [results[a] if type(a) is int else a for a in answers]
-                    m.entry_applied(index, term, out)  # type: ignore[arg-type]
+                m.entry_applied(index, term, out)  # type: ignore[arg-type]
 
     def _superseded(self, last: int) -> bool:
         """Whether a queued snapshot takes the Module past index `last`. If so, the
@@ -267,29 +273,36 @@ class Applier:
         on its own (so every member reaches the same table, however it batches), noting
         which commands the Module must apply. Results are filled in afterwards."""
         plan = _Plan()
-        sessions = self.sessions
         for e in entries:
-            answers: list[Result | int] = []
+            normal = e.kind is EntryKind.NORMAL and e.data
+            answers = self._plan_entry(e, plan) if normal else range(0)
             plan.answers.append((e.index, e.term, answers))
-            if e.kind is not EntryKind.NORMAL or not e.data:
-                continue
-            for run in decode_runs(e.data):
-                if sessions.admit_run(run, e.index):  # all NEW: the usual case
-                    answers.extend(plan.add_new(run, e.index))
-                    continue
-                for cmd in run.commands():
-                    verdict, cached = sessions.admit(cmd, e.index)
-                    if verdict is Verdict.NEW:
-                        one = Run(cmd.client, cmd.seq, cmd.ack_below, [cmd.payload])
-                        answers.extend(plan.add_new(one, e.index))
-                    elif verdict is Verdict.DUPLICATE:
-                        answers.append(plan.slot_of(cmd, cached))
-                    else:
-                        answers.append(
-                            Refused(f"session {verdict.value}: start a new Caller session")
-                        )
             plan.count += len(answers)
         return plan
+
+    def _plan_entry(self, e: Entry, plan: _Plan) -> range | list[Result | int]:
+        """Plan one entry's commands; their answers (a range of slots if all are NEW)."""
+        sessions = self.sessions
+        first = len(plan.commands)
+        answers: list[Result | int] | None = None
+        for run in decode_runs(e.data):
+            if sessions.admit_run(run, e.index):  # all NEW: the usual case
+                added = plan.add_new(run, e.index)
+                if answers is not None:
+                    answers.extend(added)
+                continue
+            if answers is None:
+                answers = list(range(first, len(plan.commands)))
+            for cmd in run.commands():
+                verdict, cached = sessions.admit(cmd, e.index)
+                if verdict is Verdict.NEW:
+                    one = Run(cmd.client, cmd.seq, cmd.ack_below, [cmd.payload])
+                    answers.extend(plan.add_new(one, e.index))
+                elif verdict is Verdict.DUPLICATE:
+                    answers.append(plan.slot_of(cmd, cached))
+                else:
+                    answers.append(Refused(f"session {verdict.value}: start a new Caller session"))
+        return range(first, len(plan.commands)) if answers is None else answers
 
     # -- snapshots -----------------------------------------------------------------------
 

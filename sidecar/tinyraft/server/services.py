@@ -276,10 +276,13 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         except Exception as err:
             await _fail(context, err)
         if request.payloads:
-            return cpb.ApplyResponse(
-                packed_results=[r if type(r) is bytes else b"" for r in results],
-                errors={i: r.reason for i, r in enumerate(results) if type(r) is Refused},
-            )
+            try:  # protobuf checks that all are bytes, in C: a refusal is rare
+                return cpb.ApplyResponse(packed_results=results)  # type: ignore[arg-type]
+            except TypeError:
+                return cpb.ApplyResponse(
+                    packed_results=[r if type(r) is bytes else b"" for r in results],
+                    errors={i: r.reason for i, r in enumerate(results) if type(r) is Refused},
+                )
         return cpb.ApplyResponse(
             results=[
                 cpb.CommandResult(result=r)
