@@ -109,11 +109,9 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
         for _ in range(cfg.concurrency):
             due_times.put_nowait(None)
 
-    async def next_send_time() -> float | None:
-        """When the worker's next call counts as sent; None when the run is over."""
-        if cfg.rate is None:
-            now = time.monotonic()
-            return now if now < end else None
+    async def next_due_time() -> float | None:
+        """Open loop: when the worker's next call counts as sent; None when the run is
+        over."""
         while (due := await due_times.get()) is not None:
             if time.monotonic() < give_up:
                 return due
@@ -122,7 +120,14 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
 
     async def worker(n: int) -> None:
         caller = callers[n % len(callers)]
-        while (now := await next_send_time()) is not None:
+        while True:
+            if cfg.rate is None:  # closed loop: a call counts as sent now (no coroutine)
+                if (now := time.monotonic()) >= end:
+                    return
+            elif (due := await next_due_time()) is None:
+                return
+            else:
+                now = due
             k, read = next(draws)
             try:
                 if read:
