@@ -125,9 +125,15 @@ def test_kv_get_answers_are_the_canonical_json_of_the_value(key: str, value: str
         (b"put k v", "not a JSON object"),
         (b"\xff\xfe\x00", "not a JSON object"),
         (b'["put", "k", "v"]', "not a JSON object"),
-        (b'{"op":"put","key":"k","value":"v"} x', "not a JSON object: Extra data"),
-        (b'{"op":"put","key":"k","value":"v"}{}', "not a JSON object: Extra data"),
-        (b"", "not a JSON object: Expecting value"),
+        (
+            b'{"op":"put","key":"k","value":"v"} x',
+            "not a JSON object: unexpected content after document",
+        ),
+        (
+            b'{"op":"put","key":"k","value":"v"}{}',
+            "not a JSON object: unexpected content after document",
+        ),
+        (b"", "not a JSON object: Input is a zero-length, empty document"),
         ({"op": "delete", "key": "k"}, "unknown op 'delete'"),
         ({"op": ["put"], "key": "k"}, "unknown op"),
         ({"key": "k", "value": "v"}, "unknown op None"),
