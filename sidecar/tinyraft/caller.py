@@ -693,11 +693,14 @@ class _Batcher:
         self._flush()
 
     def _send_next(self) -> None:
-        count, size = 0, 0
-        for item, _ in self._waiting[:MAX_BATCH]:
-            if count and size + len(item) > MAX_BATCH_BYTES:
-                break
-            count, size = count + 1, size + len(item)
+        if len(self._waiting) <= MAX_BATCH and self._waiting_bytes <= MAX_BATCH_BYTES:
+            count, size = len(self._waiting), self._waiting_bytes  # all of it: no count
+        else:
+            count, size = 0, 0
+            for item, _ in self._waiting[:MAX_BATCH]:
+                if count and size + len(item) > MAX_BATCH_BYTES:
+                    break
+                count, size = count + 1, size + len(item)
         batch, self._waiting = self._waiting[:count], self._waiting[count:]
         self._waiting_bytes -= size
         self._in_flight += 1
@@ -725,11 +728,13 @@ class _Batcher:
             self._in_flight -= 1
             self._flush()
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            if future.done():
+                continue
+            # bytes first, the usual case: this runs for every call
+            if type(result) is not bytes and isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
 
 class BlockingCaller:
