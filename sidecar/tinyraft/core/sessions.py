@@ -18,10 +18,10 @@ from typing import NamedTuple
 
 # A NORMAL entry's data is a batch of runs: the marker, a u32 count of commands in
 # all, then each run as (client id, first sequence, ack_below, n), the n payloads'
-# lengths (u32 each) and the payloads. The marker tells it from the first format, still read from logs
-# written before: a u32 count of commands, then one (client id, sequence, ack_below,
-# payload length) record and the payload per command. Runs cost 4 bytes and one
-# slice per command to write and read, against 28 bytes and a struct call.
+# lengths (u32 each) and the payloads. Runs cost 4 bytes and one slice per command
+# to write and read, against 28 bytes and a struct call in the first format, which
+# logs written before still hold: a u32 count of commands, then one (client id,
+# sequence, ack_below, payload length) record and the payload per command.
 _RUNS_MARKER = b"\xff\xff\xff\xff"  # never a count: no entry holds 2^32-1 commands
 _RUN = struct.Struct("<QQQI")
 _COMMAND = struct.Struct("<QQQI")  # the first format's per-command record
