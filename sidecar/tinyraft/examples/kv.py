@@ -25,8 +25,9 @@ import orjson
 
 from tinyraft.module import Module
 
-_FIELDS = {"put": {"key", "value"}, "cas": {"key", "expect", "value"}}
-_QUERY_FIELDS = {"get": {"key"}}
+# Each op's exact keys, "op" included: a command's keys view compares to them in C.
+_FIELDS = {"put": {"op", "key", "value"}, "cas": {"op", "key", "expect", "value"}}
+_QUERY_FIELDS = {"get": {"op", "key"}}
 
 
 def _dump(value: Any) -> bytes:
@@ -59,9 +60,8 @@ def _parse(raw: bytes, fields_by_op: dict[str, set[str]]) -> dict[str, Any]:
     if not isinstance(op, str) or op not in fields_by_op:
         raise ValueError(f"unknown op {op!r}; expected one of {', '.join(sorted(fields_by_op))}")
     want = fields_by_op[op]
-    got = set(cmd) - {"op"}
-    if got != want:
-        missing, extra = sorted(want - got), sorted(got - want)
+    if cmd.keys() != want:
+        missing, extra = sorted(want - cmd.keys()), sorted(cmd.keys() - want)
         raise ValueError(f"op {op!r}: missing fields {missing}, unexpected fields {extra}")
     return cmd
 
