@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,9 @@ def test_conflict_truncation_inside_and_at_record_boundaries(tmp_path: Path) -> 
     store.save(HardState(3, "c", 2), batch(8, 2, term=3))  # exactly at a record's start
     expected += batch(8, 2, term=3)
     assert store.load()[2] == expected
-    assert reopen(store).load()[2] == expected
+    store = reopen(store)
+    assert store.load()[2] == expected
+    store.close()
 
 
 def test_entries_reads_any_range_across_records(tmp_path: Path) -> None:
@@ -174,7 +177,9 @@ def test_unsynced_saves_become_durable_with_the_next_synced_one(tmp_path: Path) 
     store.save(HardState(1, "a", 0), batch(1, 3), sync=False)
     store.save(HardState(1, "a", 2), [], sync=False)
     store.save(None, batch(4, 3))
-    assert reopen(store).load() == (HardState(1, "a", 2), None, batch(1, 6))
+    store = reopen(store)
+    assert store.load() == (HardState(1, "a", 2), None, batch(1, 6))
+    store.close()
 
 
 def test_large_entries_and_batches(tmp_path: Path) -> None:
@@ -183,7 +188,9 @@ def test_large_entries_and_batches(tmp_path: Path) -> None:
     many = batch(2, 5000)
     store.save(HardState(1, "a", 0), big)
     store.save(None, many)
-    assert reopen(store).load()[2] == big + many
+    store = reopen(store)
+    assert store.load()[2] == big + many
+    store.close()
 
 
 def test_the_wal_is_copied_beside_the_writer_and_reused(
@@ -230,8 +237,8 @@ def test_a_failed_write_stops_the_store(tmp_path: Path) -> None:
     store = SqliteLogStore.open(tmp_path)
     store.save(HardState(1, "a", 0), batch(1, 10))
     # Damage the record behind the store's back; the conflict truncation must read it.
-    with sqlite3.connect(tmp_path / "raft.db") as other:
-        other.execute("UPDATE log SET crc = crc + 1")
+    with closing(sqlite3.connect(tmp_path / "raft.db")) as other, other:
+        other.execute("UPDATE log SET crc = crc + 1")  # committed, then closed
     with pytest.raises(CorruptionError, match="fails its checksum"):
         store.save(HardState(2, "b", 0), batch(5, 1, term=2))
     with pytest.raises(StorageError, match="restart the member"):

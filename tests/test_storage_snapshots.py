@@ -43,7 +43,8 @@ def test_streaming_write_and_read_larger_than_a_chunk(tmp_path: Path) -> None:
         info = writer.commit(meta(10))
     digest.update(data)
     assert info.size == len(data) and info.sha256 == digest.hexdigest()
-    chunks = list(store.reader(info, chunk_size=1 << 20))
+    with store.reader(info, chunk_size=1 << 20) as reader:
+        chunks = list(reader)
     assert len(chunks) == 4 and b"".join(chunks) == data
     reopened = SnapshotStore.open(tmp_path)
     assert reopened.latest() == info
