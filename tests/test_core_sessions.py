@@ -4,6 +4,7 @@ deterministic expiry, snapshots of the table, and the command batch encoding."""
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 
 import pytest
@@ -160,14 +161,23 @@ def test_a_retry_after_eviction_is_never_applied_twice() -> None:
 
 def test_a_truncated_batch_is_reported_as_malformed() -> None:
     data = encode_batch([Command(1, 2, 3, b"abc"), Command(4, 5, 6, b"de")])
-    for cut in range(1, len(data)):
+    for cut in range(len(data)):
         with pytest.raises(ValueError):
             decode_batch(data[:cut])
 
 
-def test_a_run_of_no_commands_is_malformed() -> None:
-    with pytest.raises(ValueError, match="a run of no commands"):
-        decode_runs(join_records([encode_run(1, 1, 1, [])], 1))
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (join_records([encode_run(1, 1, 1, [])], 1), "a run of no commands"),
+        (join_records([encode_run(1, 1, 1, [b"a", b"b"])], 1), "more commands than its count"),
+        (join_records([encode_run(1, 1, 1, [b"a"])], 2), "unpack"),  # fewer than its count
+        (join_records([encode_run(1, 2**64 - 1, 1, [b"a", b"b"])], 2), "past 2^64-1"),
+    ],
+)
+def test_a_batch_that_contradicts_itself_is_malformed(data: bytes, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        decode_runs(data)
 
 
 def test_one_request_is_one_run_with_four_bytes_a_command() -> None:

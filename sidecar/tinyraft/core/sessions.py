@@ -23,8 +23,7 @@ from typing import NamedTuple
 # logs written before still hold: a u32 count of commands, then one (client id,
 # sequence, ack_below, payload length) record and the payload per command.
 _RUNS_MARKER = b"\xff\xff\xff\xff"  # never a count: no entry holds 2^32-1 commands
-_RUN = struct.Struct("<QQQI")
-_COMMAND = struct.Struct("<QQQI")  # the first format's per-command record
+_RUN = struct.Struct("<QQQI")  # also the first format's per-command record
 _COUNT = struct.Struct("<I")
 
 
@@ -114,6 +113,8 @@ def _decode_runs(data: bytes) -> tuple[list[Run], int]:
         client, first_seq, ack_below, n = unpack(data, pos)
         if n == 0:
             raise ValueError("malformed command batch: a run of no commands")
+        if first_seq + n > 1 << 64:
+            raise ValueError("malformed command batch: sequence numbers past 2^64-1")
         pos += _RUN.size
         lengths = struct.unpack_from(f"<{n}I", data, pos)
         offsets = list(accumulate(lengths, initial=pos + 4 * n))
@@ -129,7 +130,7 @@ def _decode_first_format(data: bytes) -> tuple[list[Run], int]:
     (count,) = _COUNT.unpack_from(data, 0)
     pos = _COUNT.size
     runs: list[Run] = []
-    unpack, size = _COMMAND.unpack_from, _COMMAND.size
+    unpack, size = _RUN.unpack_from, _RUN.size
     client = next_seq = ack = -1
     payloads: list[bytes] = []
     for _ in range(count):
