@@ -185,11 +185,13 @@ class _Session:
     def reserve(self, count: int) -> range:
         numbers = range(self._next, self._next + count)
         self._next += count
-        self._unanswered[numbers.start] = None
+        if numbers:  # an empty one has nothing to answer, and would share a key
+            self._unanswered[numbers.start] = None
         return numbers
 
     def answered(self, numbers: range) -> None:
-        self._unanswered.pop(numbers.start, None)
+        if numbers:
+            self._unanswered.pop(numbers.start, None)
         self._ack_below = next(iter(self._unanswered), self._next)
 
     @property
