@@ -339,8 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return sidecar_main(argv[1:])
     args = _parser().parse_args(argv)
-    if args.command in ("local", "example", "bench", "demo"):
-        # They run event loops or start processes that do: a bad choice fails here.
+    starts = args.command in ("example", "bench", "demo") or (
+        args.command == "local" and args.local_command in ("up", "restart")
+    )
+    if starts:  # an event loop, or processes that run one: a bad choice fails here
         from tinyraft.event_loop import loop_factory_or_exit
 
         loop_factory_or_exit()
