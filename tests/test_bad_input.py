@@ -9,6 +9,7 @@ Module running. The tests that stop members come last."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -968,3 +969,48 @@ def test_existing_data_dir_is_never_bootstrapped_again(cluster: LocalCluster) ->
     assert "RAFT_BOOTSTRAP ignored" in log
     assert log.count("bootstrapped a new cluster") == 1
     apply_works(cluster, "after-rebootstrap")
+
+
+def test_a_member_that_cannot_apply_its_log_stops_saying_why(tmp_path: Path) -> None:
+    """A committed entry the applier cannot read (here sent by a peer claiming a newer
+    term; in life, a build that writes a newer format) stops the member with the
+    reason in its log. Before, the applier's task died unseen: the member went on
+    voting and acknowledging, and every caller waiting on an apply hung."""
+    cluster = formed_cluster(tmp_path, 1)
+    try:
+        status = cluster.status("n1")
+        garbage = peer_pb2.Entry(
+            index=status.last_index + 1,
+            term=status.term + 1,
+            kind=peer_pb2.ENTRY_KIND_NORMAL,
+            data=b"\xff\xff\xff\xff\x01\x00\x00\x00not a run",
+        )
+        append = peer_pb2.RaftMessage(
+            term=status.term + 1,
+            src="n9",
+            dst="n1",
+            append=peer_pb2.AppendEntries(
+                prev_index=status.last_index,
+                prev_term=status.term,
+                entries=[garbage],
+                commit=garbage.index,
+            ),
+        )
+        with cluster.channel("n1") as ch:
+            stream = ch.stream_stream(
+                "/tinyraft.v1.Peer/Stream",
+                request_serializer=peer_pb2.MessageBatch.SerializeToString,
+                response_deserializer=peer_pb2.MessageBatch.FromString,
+            )
+            batch = peer_pb2.MessageBatch(cluster_id=status.cluster_id, messages=[append])
+            with contextlib.suppress(grpc.RpcError):  # the member goes away mid-stream
+                for _ in stream(iter([batch]), timeout=20):
+                    pass
+        sidecar = cluster.members["n1"].sidecar
+        assert sidecar is not None
+        cluster.wait_for(lambda: sidecar.poll() is not None, 20.0, "n1 to stop")
+        log = (cluster.base_dir / "n1" / "n1.sidecar.log").read_text(errors="replace")
+        assert "the applier failed; stopping this member" in log, log[-2000:]
+        assert "malformed command batch" in log, log[-2000:]
+    finally:
+        cluster.close()

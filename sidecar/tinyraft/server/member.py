@@ -16,7 +16,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -141,9 +141,9 @@ class Member:
         self._publish()
         self.started = True
         self._tasks = [
-            asyncio.create_task(self._raft_loop(), name="raft-loop"),
+            asyncio.create_task(self._vital("Raft loop", self._raft_loop()), name="raft-loop"),
             asyncio.create_task(self._ticker(), name="ticker"),
-            asyncio.create_task(self.applier.run(), name="applier"),
+            asyncio.create_task(self._vital("applier", self.applier.run()), name="applier"),
         ]
 
     async def stop(self) -> None:
@@ -205,18 +205,24 @@ class Member:
             self._next_tick += interval
 
     async def _raft_loop(self) -> None:
-        try:
-            while True:
-                await self._kick.wait()
-                self._kick.clear()
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            self._propose_pending()
+            while self.core.has_ready():
+                await self._handle_ready()
                 self._propose_pending()
-                while self.core.has_ready():
-                    await self._handle_ready()
-                    self._propose_pending()
+
+    async def _vital(self, what: str, loop: Coroutine[Any, Any, None]) -> None:
+        """Run a loop the member cannot work without: if it fails, stop the member
+        (a member that votes and acknowledges but never applies would hang its callers
+        without a word)."""
+        try:
+            await loop
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.critical("the Raft loop failed; stopping this member", exc_info=True)
+            log.critical("the %s failed; stopping this member", what, exc_info=True)
             self._fatal()
 
     def _fatal(self) -> None:
