@@ -142,7 +142,7 @@ class Member:
         self.started = True
         self._tasks = [
             asyncio.create_task(self._vital("Raft loop", self._raft_loop()), name="raft-loop"),
-            asyncio.create_task(self._ticker(), name="ticker"),
+            asyncio.create_task(self._vital("ticker", self._ticker()), name="ticker"),
             asyncio.create_task(self._vital("applier", self.applier.run()), name="applier"),
         ]
 
