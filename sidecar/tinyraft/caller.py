@@ -696,7 +696,7 @@ class _Batcher:
 
     def _send_next(self) -> None:
         if len(self._waiting) <= MAX_BATCH and self._waiting_bytes <= MAX_BATCH_BYTES:
-            count, size = len(self._waiting), self._waiting_bytes  # all of it: no count
+            count, size = len(self._waiting), self._waiting_bytes  # all fits: no walk
         else:
             count, size = 0, 0
             for item, _ in self._waiting[:MAX_BATCH]:

@@ -4,9 +4,9 @@ SQLite checkpoints on the writer's thread by default: every ~4 MB a save() copie
 WAL's pages into raft.db and fsyncs it, 10-30 ms during which the member's appends
 wait. Here a second connection runs PASSIVE checkpoints, which never block the
 writer, every ~1 MiB of WAL; the writer's own automatic checkpoint stays as a backstop
-and finds most pages copied already. Measured with 100 KB saves (2026-12-01): at 400
-saves/s, save p99 13 -> 4.9 ms and max 31 -> 7.5 ms; saving flat out, 55% more saves
-a second and p99 30 -> 2.6 ms.
+and finds most pages copied already. Measured with 100 KB saves (2026-12-01, the
+figures in docs/performance.md): at 400 saves/s, save p99 12.9 -> 4.3 ms and max
+31 -> 7.9 ms; saving flat out, 7,144 -> 11,044 saves a second and p99 30 -> 2.9 ms.
 
 SQLite restarts the WAL from its start only when a write begins with every frame
 copied, so a pass that raced a commit is followed by short passes until one sees no
