@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tinyraft.core.sessions import Command, Run, SessionTable, Verdict, decode_runs
 from tinyraft.core.types import Entry, EntryKind, Role, SnapshotMeta
 from tinyraft.server.module_client import ModuleClient, ModuleOutOfSync, ModuleUnavailable
-from tinyraft.storage import SnapshotInfo
+from tinyraft.storage import SnapshotInfo, SnapshotWriter
 
 if TYPE_CHECKING:
     from tinyraft.server.member import Member
@@ -124,6 +124,9 @@ class Applier:
         self.queue: deque[list[Entry] | SnapshotInfo] = deque()
         self._queued = asyncio.Event()
         self._lock = asyncio.Lock()  # the Module's state must not move during a snapshot
+        # A snapshot taken while applying: made durable and the log compacted beside the
+        # applies that follow. One at a time.
+        self._committing: asyncio.Task[None] | None = None
         self._rebuilding: asyncio.Task[None] | None = None
         self._applied_changed = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -181,7 +184,15 @@ class Applier:
         self._queued.set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._committing is not None:
+                self._committing.cancel()
+
+    async def _run(self) -> None:
         while True:
+            self._check_committed()
             if not self.queue:
                 self._queued.clear()
                 await self._queued.wait()
@@ -201,15 +212,32 @@ class Applier:
             async with self._lock:
                 await self._apply(entries, answer=True)
                 self._bytes_since_snapshot += sum(len(e.data) for e in entries)
-                cfg = self.m.cfg
-                if (
-                    self.applied - self.snapshot_index >= cfg.snapshot_entries
-                    or self._bytes_since_snapshot >= cfg.snapshot_bytes
-                ):
+                if self._snapshot_due() and (meta := self._snapshot_meta()) is not None:
                     try:
-                        await self._snapshot()
+                        started = time.perf_counter()
+                        writer = await self._capture(meta)
                     except ModuleUnavailable as err:  # the applier must go on: try later
                         log.warning("snapshot postponed: %s", err)
+                    else:
+                        self._committing = asyncio.create_task(
+                            self._commit_and_compact(writer, meta, started)
+                        )
+                        self._committing.add_done_callback(lambda _: self._queued.set())
+
+    def _snapshot_due(self) -> bool:
+        cfg = self.m.cfg
+        return self._committing is None and (
+            self.applied - self.snapshot_index >= cfg.snapshot_entries
+            or self._bytes_since_snapshot >= cfg.snapshot_bytes
+        )
+
+    def _check_committed(self) -> None:
+        """Raise here if the snapshot committing beside the applies failed: a disk that
+        cannot take a snapshot stops the member, as it did when this was inline."""
+        task = self._committing
+        if task is not None and task.done():
+            self._committing = None
+            task.result()
 
     async def _apply(self, entries: list[Entry], answer: bool) -> None:
         entries = [e for e in entries if e.index > self.applied]
@@ -307,26 +335,46 @@ class Applier:
     # -- snapshots -----------------------------------------------------------------------
 
     async def snapshot_now(self) -> SnapshotInfo | None:
-        """Snapshot what is applied now (the Admin API's Snapshot)."""
-        async with self._lock:
-            return await self._snapshot()
+        """Snapshot what is applied now (the Admin API's Snapshot). None: the latest
+        snapshot holds it already, and it is durable (one committing is waited for)."""
+        while True:
+            async with self._lock:  # no snapshot is captured meanwhile
+                committing = self._committing
+                if committing is None or committing.done():
+                    meta = self._snapshot_meta()
+                    if meta is None:
+                        return None
+                    info = await self._take_snapshot(meta)
+                    await self._compact(meta)
+                    return info
+            await asyncio.wait([committing])  # it needs the lock to finish
 
-    async def _snapshot(self) -> SnapshotInfo | None:
+    def _snapshot_meta(self) -> SnapshotMeta | None:
+        """What a snapshot of the applied state now would be; None if it has one."""
         core = self.m.core
         index = self.applied
         term = core.log.term(index)
         if term is None or index <= self.snapshot_index:
             return None
-        meta = SnapshotMeta(index, term, core.log.config_at(index))
-        info = await self._take_snapshot(meta)
-        await self.m.compact_log(meta)
-        if index > core.log.snapshot.index:
-            core.compact(index)
-        self.m.kick()
-        return info
+        return SnapshotMeta(index, term, core.log.config_at(index))
 
     async def _take_snapshot(self, meta: SnapshotMeta) -> SnapshotInfo:
         started = time.perf_counter()
+        return await self._commit(await self._capture(meta), meta, started)
+
+    async def _commit_and_compact(
+        self, writer: SnapshotWriter, meta: SnapshotMeta, started: float
+    ) -> None:
+        """The rest of a snapshot taken while applying. The applies go on meanwhile:
+        the Module's state is in the file already, and the file's fsync runs on a
+        thread of its own, not the one the log's writes (the followers' acks) wait on."""
+        await self._commit(writer, meta, started)
+        async with self._lock:  # not while a rebuild replays the log it would compact
+            await self._compact(meta)
+
+    async def _capture(self, meta: SnapshotMeta) -> SnapshotWriter:
+        """Write the session table and the Module's state into a new snapshot file, not
+        yet durable. The caller holds the lock: the state must not move meanwhile."""
         writer = self.m.data_dir.snapshots.writer()
         try:
             sessions = self.sessions.encode()
@@ -337,16 +385,34 @@ class Applier:
                         f"the Module snapshotted index {index}, expected {meta.index}"
                     )
                 writer.write(chunk)
-            info = await self.m.storage(writer.commit, meta)
         except BaseException:
             writer.abort()
             raise
+        # Captured: the next snapshot is counted from here.
         self.snapshot_index = meta.index
         self._bytes_since_snapshot = 0
+        return writer
+
+    async def _commit(
+        self, writer: SnapshotWriter, meta: SnapshotMeta, started: float
+    ) -> SnapshotInfo:
+        try:
+            info = await self.m.snapshot_storage(writer.commit, meta)
+        except Exception:
+            writer.abort()  # the commit failed (and ended) on its thread
+            raise
         self.m.metrics.snapshots.inc()
         self.m.metrics.snapshot_duration.observe(time.perf_counter() - started)
         log.info("snapshot at index %d (%d bytes)", meta.index, info.size)
         return info
+
+    async def _compact(self, meta: SnapshotMeta) -> None:
+        """Drop the log up to a durable snapshot (the caller holds the lock)."""
+        await self.m.compact_log(meta)
+        core = self.m.core
+        if meta.index > core.log.snapshot.index:
+            core.compact(meta.index)
+        self.m.kick()
 
     async def _restore(self, info: SnapshotInfo) -> None:
         sessions = await self._retry(lambda: self._push_snapshot(info))

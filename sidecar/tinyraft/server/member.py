@@ -97,6 +97,9 @@ class Member:
         # The last job given to it: jobs run in order, so once it is done all are.
         self._last_disk_job: Future[Any] | None = None
         self._last_save_s = 0.0  # how long the last log write took, on whichever thread
+        # Snapshot files commit on a thread of their own: their fsync must not hold up
+        # the log's writes. One thread, so that commits to the store never overlap.
+        self._snapshot_disk = ThreadPoolExecutor(1, thread_name_prefix="tinyraft-snapshots")
         self.module = ModuleClient(str(cfg.module))
         self.applier = Applier(self, self.module)
         self.transport = PeerTransport(
@@ -153,11 +156,16 @@ class Member:
         await self.transport.close()
         await self.module.close()
         self._disk.shutdown(wait=True)
+        self._snapshot_disk.shutdown(wait=True)
 
     async def storage(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a storage call on the single disk thread (SQLite is used by one thread)."""
         job = self._last_disk_job = self._disk.submit(fn, *args)
         return await asyncio.wrap_future(job)
+
+    async def snapshot_storage(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a snapshot store call (a commit) on the snapshot thread."""
+        return await asyncio.wrap_future(self._snapshot_disk.submit(fn, *args))
 
     def _disk_idle(self) -> bool:
         return self._last_disk_job is None or self._last_disk_job.done()
@@ -559,7 +567,7 @@ class Member:
         writer = m.payload
         if self._incoming_snapshot is writer:
             self._incoming_snapshot = None
-        info = await self.storage(writer.commit, m.meta)
+        info = await self.snapshot_storage(writer.commit, m.meta)
         await self.compact_log(m.meta)
         self.applier.enqueue(info)
         self.metrics.snapshots_received.inc()
