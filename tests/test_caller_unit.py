@@ -311,7 +311,7 @@ async def ack_below_grows_as_answers_arrive():
 async def test_small_calls_wait_for_the_request_out_and_a_full_batch_goes_beside_it():
     """A request costs the cluster a round: while one is out, calls wait and leave
     together, and a second request goes beside it only once it is worth one."""
-    worth = tinyraft.caller.MAX_BATCH // 2  # half a full request
+    worth = tinyraft.caller.WORTH_A_REQUEST[0]  # a full request
     async with members(1) as (member,):
         member.serves_streams = False  # unary: a member sees a request while one is held
         release = asyncio.Event()
