@@ -192,7 +192,6 @@ class Applier:
 
     async def _run(self) -> None:
         while True:
-            self._check_committed()
             if not self.queue:
                 self._queued.clear()
                 await self._queued.wait()
@@ -219,25 +218,17 @@ class Applier:
                     except ModuleUnavailable as err:  # the applier must go on: try later
                         log.warning("snapshot postponed: %s", err)
                     else:
-                        self._committing = asyncio.create_task(
-                            self._commit_and_compact(writer, meta, started)
-                        )
-                        self._committing.add_done_callback(lambda _: self._queued.set())
+                        # A failure stops the member, as it did when this was inline.
+                        rest = self._commit_and_compact(writer, meta, started)
+                        self._committing = asyncio.create_task(self.m.vital("snapshot", rest))
 
     def _snapshot_due(self) -> bool:
         cfg = self.m.cfg
-        return self._committing is None and (
+        committing = self._committing
+        return (committing is None or committing.done()) and (
             self.applied - self.snapshot_index >= cfg.snapshot_entries
             or self._bytes_since_snapshot >= cfg.snapshot_bytes
         )
-
-    def _check_committed(self) -> None:
-        """Raise here if the snapshot committing beside the applies failed: a disk that
-        cannot take a snapshot stops the member, as it did when this was inline."""
-        task = self._committing
-        if task is not None and task.done():
-            self._committing = None
-            task.result()
 
     async def _apply(self, entries: list[Entry], answer: bool) -> None:
         entries = [e for e in entries if e.index > self.applied]
@@ -388,9 +379,6 @@ class Applier:
         except BaseException:
             writer.abort()
             raise
-        # Captured: the next snapshot is counted from here.
-        self.snapshot_index = meta.index
-        self._bytes_since_snapshot = 0
         return writer
 
     async def _commit(
@@ -401,6 +389,9 @@ class Applier:
         except Exception:
             writer.abort()  # the commit failed (and ended) on its thread
             raise
+        # Counted from the commit, not the capture: a failed commit is no snapshot.
+        self.snapshot_index = max(self.snapshot_index, meta.index)
+        self._bytes_since_snapshot = 0
         self.m.metrics.snapshots.inc()
         self.m.metrics.snapshot_duration.observe(time.perf_counter() - started)
         log.info("snapshot at index %d (%d bytes)", meta.index, info.size)

@@ -144,9 +144,9 @@ class Member:
         self._publish()
         self.started = True
         self._tasks = [
-            asyncio.create_task(self._vital("Raft loop", self._raft_loop()), name="raft-loop"),
-            asyncio.create_task(self._vital("ticker", self._ticker()), name="ticker"),
-            asyncio.create_task(self._vital("applier", self.applier.run()), name="applier"),
+            asyncio.create_task(self.vital("Raft loop", self._raft_loop()), name="raft-loop"),
+            asyncio.create_task(self.vital("ticker", self._ticker()), name="ticker"),
+            asyncio.create_task(self.vital("applier", self.applier.run()), name="applier"),
         ]
 
     async def stop(self) -> None:
@@ -221,7 +221,7 @@ class Member:
                 await self._handle_ready()
                 self._propose_pending()
 
-    async def _vital(self, what: str, loop: Coroutine[Any, Any, None]) -> None:
+    async def vital(self, what: str, loop: Coroutine[Any, Any, None]) -> None:
         """Run a loop the member cannot work without: if it fails, stop the member
         (a member that votes and acknowledges but never applies would hang its callers
         without a word)."""
