@@ -971,6 +971,33 @@ def test_existing_data_dir_is_never_bootstrapped_again(cluster: LocalCluster) ->
     apply_works(cluster, "after-rebootstrap")
 
 
+def test_a_member_that_cannot_commit_a_snapshot_stops_saying_why(tmp_path: Path) -> None:
+    """A snapshot is made durable beside the applies that follow it. If that fails
+    (here the snapshots dir refuses renames: `chattr +a`), the member stops with the
+    reason in its log, as when the snapshot was taken inline; it does not go on
+    believing in a snapshot that is not on disk."""
+    cluster = formed_cluster(tmp_path, 1, env={"RAFT_SNAPSHOT_ENTRIES": "5"})
+    snapshots = cluster.members["n1"].data_dir / "snapshots"
+    try:
+        if subprocess.run(["chattr", "+a", str(snapshots)], capture_output=True).returncode:
+            pytest.skip("chattr +a is not available on this filesystem")
+        with blocking_caller(cluster, retry=RetryPolicy(max_attempts=2, deadline=2)) as caller:
+            for n in range(10):  # one entry each: the 5th is due a snapshot
+                try:
+                    caller.apply(put("k", str(n)))
+                except Exception:
+                    break  # the member has stopped
+        sidecar = cluster.members["n1"].sidecar
+        assert sidecar is not None
+        cluster.wait_for(lambda: sidecar.poll() is not None, 20.0, "n1 to stop")
+        log = (cluster.base_dir / "n1" / "n1.sidecar.log").read_text(errors="replace")
+        assert "the snapshot failed; stopping this member" in log, log[-2000:]
+        assert "Operation not permitted" in log, log[-2000:]
+    finally:
+        subprocess.run(["chattr", "-a", str(snapshots)], capture_output=True)
+        cluster.close()
+
+
 def test_a_member_that_cannot_apply_its_log_stops_saying_why(tmp_path: Path) -> None:
     """A committed entry the applier cannot read (here sent by a peer claiming a newer
     term; in life, a build that writes a newer format) stops the member with the
