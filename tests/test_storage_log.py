@@ -135,8 +135,9 @@ def test_pruning_frees_pages_without_writing_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Debian's SQLite zeroes every freed page by default: pruning the log below a
-    snapshot then wrote to the WAL as many bytes as it freed, and the next append's
-    fsync waited for them (a 10-35 ms stall on every member after each snapshot)."""
+    snapshot then wrote to the WAL twice the bytes it freed, and the next append's
+    fsync waited for them (prune steps of 3-35 ms, on every member after each
+    snapshot)."""
     monkeypatch.setattr(checkpointer, "TRIGGER_BYTES", 1 << 40)  # no copying meanwhile
     store = SqliteLogStore.open(tmp_path)
     size = 1 << 20

@@ -151,8 +151,8 @@ class SqliteLogStore:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA cell_size_check = ON")
         # Some builds (Debian's) zero every freed page by default: pruning the log below
-        # a snapshot then wrote as many zero bytes to the WAL as it freed, which the next
-        # append's fsync waited for. The pruned entries live on in the snapshot anyway.
+        # a snapshot then wrote twice as many bytes to the WAL as it freed, which the
+        # next append's fsync waited for. The pruned entries live on in the snapshot.
         conn.execute("PRAGMA secure_delete = OFF")
         conn.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL after big batches
         conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")  # see checkpointer.py
