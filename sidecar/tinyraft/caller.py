@@ -248,7 +248,7 @@ class Caller:
         # Concurrent calls share requests (batching is the design): applies in one
         # stream of ApplyRequests, queries in one stream per consistency.
         self._applies = _Batcher(self._apply_request, patience=self._timeout)
-        self._queries: dict[caller_pb2.Consistency, _Batcher] = {}
+        self._queries: dict[str, _Batcher] = {}  # by consistency name
         self._batch_queries = True  # until a member answers QueryBatch UNIMPLEMENTED
         self._streams: dict[tuple[str, str], _Stream] = {}  # by (call name, target)
         # (call name, target) a member refused to stream: an older member, in a rolling
@@ -342,18 +342,21 @@ class Caller:
 
         linearizable: confirmed with a quorum, never stale. lease: no extra round trip,
         relies on bounded clock drift. stale: whatever the member answering has applied."""
-        if consistency not in _CONSISTENCY:
-            raise ValueError(
-                f"consistency must be 'linearizable', 'lease' or 'stale', not {consistency!r}"
-            )
-        _check_bytes(request, "queries")
-        level = _CONSISTENCY[consistency]
-        batcher = self._queries.get(level)
+        batcher = self._queries.get(consistency)  # one lookup: this runs for every call
         if batcher is None:
-            batcher = self._queries[level] = _Batcher(
+            if consistency not in _CONSISTENCY:
+                raise ValueError(
+                    f"consistency must be 'linearizable', 'lease' or 'stale', not "
+                    f"{consistency!r}"
+                )
+            level = _CONSISTENCY[consistency]
+            batcher = self._queries[consistency] = _Batcher(
                 lambda requests: self._query_request(requests, level), patience=self._timeout
             )
-        return await batcher.submit(bytes(request))
+        if type(request) is not bytes:
+            _check_bytes(request, "queries")
+            request = bytes(request)
+        return await batcher.submit(request)
 
     async def _query_request(
         self, requests: Sequence[bytes], level: caller_pb2.Consistency
