@@ -616,7 +616,11 @@ async def test_query_and_status():
         assert await caller.query(b"q", consistency="stale") == b"q@CONSISTENCY_STALE"
         with pytest.raises(ValueError, match="'linearizable', 'lease' or 'stale'"):
             await caller.query(b"q", "strong")  # type: ignore[arg-type]
-        assert len(member.queries) == 3
+        with pytest.raises(ValueError, match="'linearizable', 'lease' or 'stale'"):
+            await caller.query(b"q", "strong")  # type: ignore[arg-type]  # still, not cached
+        for bytes_like in (bytearray(b"q"), memoryview(b"q")):  # go as bytes
+            assert await caller.query(bytes_like) == b"q@CONSISTENCY_LINEARIZABLE"  # type: ignore[arg-type]
+        assert len(member.queries) == 5
         status = await caller.status()
         assert status == Status(
             member_id="m1",
