@@ -346,8 +346,7 @@ class Caller:
         if batcher is None:
             if consistency not in _CONSISTENCY:
                 raise ValueError(
-                    f"consistency must be 'linearizable', 'lease' or 'stale', not "
-                    f"{consistency!r}"
+                    f"consistency must be 'linearizable', 'lease' or 'stale', not {consistency!r}"
                 )
             level = _CONSISTENCY[consistency]
             batcher = self._queries[consistency] = _Batcher(
