@@ -971,6 +971,14 @@ def test_existing_data_dir_is_never_bootstrapped_again(cluster: LocalCluster) ->
     apply_works(cluster, "after-rebootstrap")
 
 
+def log_once_stopped(cluster: LocalCluster, member: str) -> str:
+    """The member's sidecar log, once its process has exited by itself."""
+    sidecar = cluster.members[member].sidecar
+    assert sidecar is not None
+    cluster.wait_for(lambda: sidecar.poll() is not None, 20.0, f"{member} to stop")
+    return (cluster.base_dir / member / f"{member}.sidecar.log").read_text(errors="replace")
+
+
 def test_a_member_that_cannot_commit_a_snapshot_stops_saying_why(tmp_path: Path) -> None:
     """A snapshot is made durable beside the applies that follow it. If that fails
     (here the snapshots dir refuses renames: `chattr +a`), the member stops with the
@@ -987,10 +995,7 @@ def test_a_member_that_cannot_commit_a_snapshot_stops_saying_why(tmp_path: Path)
                     caller.apply(put("k", str(n)))
                 except Exception:
                     break  # the member has stopped
-        sidecar = cluster.members["n1"].sidecar
-        assert sidecar is not None
-        cluster.wait_for(lambda: sidecar.poll() is not None, 20.0, "n1 to stop")
-        log = (cluster.base_dir / "n1" / "n1.sidecar.log").read_text(errors="replace")
+        log = log_once_stopped(cluster, "n1")
         assert "the snapshot failed; stopping this member" in log, log[-2000:]
         assert "Operation not permitted" in log, log[-2000:]
     finally:
@@ -1033,10 +1038,7 @@ def test_a_member_that_cannot_apply_its_log_stops_saying_why(tmp_path: Path) -> 
             with contextlib.suppress(grpc.RpcError):  # the member goes away mid-stream
                 for _ in stream(iter([batch]), timeout=20):
                     pass
-        sidecar = cluster.members["n1"].sidecar
-        assert sidecar is not None
-        cluster.wait_for(lambda: sidecar.poll() is not None, 20.0, "n1 to stop")
-        log = (cluster.base_dir / "n1" / "n1.sidecar.log").read_text(errors="replace")
+        log = log_once_stopped(cluster, "n1")
         assert "the applier failed; stopping this member" in log, log[-2000:]
         assert "malformed command batch" in log, log[-2000:]
     finally:
