@@ -120,7 +120,8 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
 
     async def worker(n: int) -> None:
         # Looked up once: the benchmark's own process shares the cores with the cluster.
-        query, apply = callers[n % len(callers)].query, callers[n % len(callers)].apply
+        caller = callers[n % len(callers)]
+        query, apply = caller.query, caller.apply
         closed, consistency, clock = cfg.rate is None, cfg.consistency, time.monotonic
         while True:
             if closed:  # closed loop: a call counts as sent now (no coroutine)

@@ -222,10 +222,13 @@ class Applier:
                         rest = self._commit_and_compact(writer, meta, started)
                         self._committing = asyncio.create_task(self.m.vital("snapshot", rest))
 
+    def _commit_in_flight(self) -> asyncio.Task[None] | None:
+        committing = self._committing
+        return None if committing is None or committing.done() else committing
+
     def _snapshot_due(self) -> bool:
         cfg = self.m.cfg
-        committing = self._committing
-        return (committing is None or committing.done()) and (
+        return self._commit_in_flight() is None and (
             self.applied - self.snapshot_index >= cfg.snapshot_entries
             or self._bytes_since_snapshot >= cfg.snapshot_bytes
         )
@@ -330,8 +333,8 @@ class Applier:
         snapshot holds it already, and it is durable (one committing is waited for)."""
         while True:
             async with self._lock:  # no snapshot is captured meanwhile
-                committing = self._committing
-                if committing is None or committing.done():
+                committing = self._commit_in_flight()
+                if committing is None:
                     meta = self._snapshot_meta()
                     if meta is None:
                         return None
