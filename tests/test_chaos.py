@@ -63,6 +63,7 @@ from tinyraft.caller import BlockingCaller, Caller, RetryPolicy, TinyraftError
 from tinyraft.local import LocalCluster
 from tinyraft.sim.linearizability import check_kv
 from tinyraft.v1 import admin_pb2 as apb
+from tinyraft.v1 import admin_pb2_grpc
 
 CLIENTS = 6
 KEYS = ["a", "b", "c", "d"]
@@ -318,6 +319,48 @@ def test_a_paused_and_cut_off_leader_serves_no_stale_lease_read(
     assert answer is None or json.loads(answer) == {"value": "new"}, (
         f"the resumed old leader {old} answered a lease read with {answer!r} after {new} "
         "had committed x=new"
+    )
+
+
+def test_a_cut_off_leader_that_still_thinks_it_leads_releases_no_linearizable_read(
+    make_cluster: Callable[..., LocalCluster],
+):
+    """Cut the leader off; with a long election timeout it goes on believing it leads
+    while the others elect a new leader, which commits a write. A linearizable read
+    sent to the old leader then must not return the overwritten value: its Module
+    answers at once, but the answers wait for followers to confirm it still leads,
+    and they never do."""
+    cluster = make_cluster(3, faults=True)
+    first = cluster.wait_for(cluster.leader, 10, "a leader")
+    old = next(m for m in cluster.members if m != first)
+    assert cluster.stop(old) == 0
+    cluster.start_sidecar(old, env={"RAFT_ELECTION_MS": "60000"})  # it only steps down after 60 s
+    cluster.wait_for(lambda: _applied_everywhere(cluster), 30, f"{old} to catch up")
+    admin_pb2_grpc.AdminStub(cluster.channel(first)).TransferLeadership(
+        apb.TransferLeadershipRequest(member_id=old), timeout=10
+    )
+    cluster.wait_for(lambda: cluster.leader() == old, 10, f"{old} to lead")
+    with BlockingCaller([cluster.members[old].address]) as caller:
+        caller.apply(_put("x", "old"))
+        caller.query(_get("x"))
+    cluster.partition([old])
+    try:
+        new = cluster.wait_for_new_leader(old, 30)
+        with BlockingCaller([cluster.members[new].address]) as caller:
+            caller.apply(_put("x", "new"))
+        status = cluster.status(old)
+        assert status.role == "leader", f"{old} should still think it leads; it is {status.role}"
+        once = RetryPolicy(max_attempts=1, deadline=3.0)
+        with BlockingCaller([cluster.members[old].address], timeout=3.0, retry=once) as caller:
+            try:
+                answer: bytes | None = caller.query(_get("x"))
+            except TinyraftError:
+                answer = None  # refusing is fine; answering stale is not
+    finally:
+        cluster.heal()
+    assert answer is None or json.loads(answer) == {"value": "new"}, (
+        f"the cut-off old leader {old} answered a linearizable read with {answer!r} after "
+        f"{new} had committed x=new"
     )
 
 

@@ -425,7 +425,12 @@ class CallerService(caller_pb2_grpc.CallerServicer):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "this member is starting; retry")
         timeout = context.time_remaining() or QUERY_TIMEOUT_S
         try:
-            if consistency != cpb.CONSISTENCY_STALE:
+            if consistency == cpb.CONSISTENCY_LINEARIZABLE and _applied_all_it_led(m):
+                index, early = await _answer_while_confirming(m, requests, timeout)
+                if early is not None:
+                    return early
+                await asyncio.wait_for(m.applier.wait_applied(index), timeout)
+            elif consistency != cpb.CONSISTENCY_STALE:
                 lease = consistency == cpb.CONSISTENCY_LEASE
                 index = await m.read_index(lease, timeout)
                 await asyncio.wait_for(m.applier.wait_applied(index), timeout)
@@ -465,6 +470,43 @@ class CallerService(caller_pb2_grpc.CallerServicer):
             voters=sorted(core.config.voters),
             learners=sorted(core.config.learners),
         )
+
+
+def _applied_all_it_led(m: Member) -> bool:
+    """A leader that has applied every entry it knows committed: its Module's state is
+    already as new as the read index a read arriving now gets (the commit index)."""
+    return m.core.role is Role.LEADER and m.applier.applied >= m.core.commit
+
+
+async def _answer_while_confirming(
+    m: Member, requests: list[bytes], timeout: float
+) -> tuple[int, tuple[int, list[bytes], dict[int, str]] | None]:
+    """A linearizable read whose Module call overlaps the heartbeat round that confirms
+    the leadership, instead of waiting for it: the read index, and the answers if they
+    hold. They leave only once a quorum has confirmed, so a deposed leader never
+    releases them. They are linearizable if the state they came from holds the read
+    index: that state is committed, it is the state at a moment after the read arrived,
+    and it holds every write acknowledged before. (A leader yet to commit in its term
+    gets a later read index: then its answers are dropped, and the caller asks again
+    once that index is applied.)"""
+    applied = m.applier.applied
+    answers = asyncio.ensure_future(m.module.query_batch(requests, timeout, applied))
+    try:
+        index = await m.read_index(False, timeout)
+    except BaseException:
+        _discard(answers)
+        raise
+    if index > applied:
+        _discard(answers)
+        return index, None
+    return index, (applied, *await answers)
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Cancel a task whose outcome no one wants; its error, if it ends in one, is
+    retrieved so that asyncio does not log it as lost."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
