@@ -494,19 +494,12 @@ async def _answer_while_confirming(
     try:
         index = await m.read_index(False, timeout)
     except BaseException:
-        _discard(answers)
+        answers.cancel()  # if it is done, this still stops asyncio logging its error as lost
         raise
     if index > applied:
-        _discard(answers)
+        answers.cancel()
         return index, None
     return index, (applied, *await answers)
-
-
-def _discard(task: asyncio.Future[Any]) -> None:
-    """Cancel a task whose outcome no one wants; its error, if it ends in one, is
-    retrieved so that asyncio does not log it as lost."""
-    task.cancel()
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
