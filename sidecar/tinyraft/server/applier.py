@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tinyraft.core.sessions import Command, Run, SessionTable, Verdict, decode_runs
 from tinyraft.core.types import Entry, EntryKind, Role, SnapshotMeta
@@ -271,12 +271,12 @@ class Applier:
             for index, term, answers in plan.answers:
                 if not m.is_waiting(index):  # only the leader has callers to answer
                     continue
-                out: list[Result | int]
-                if type(answers) is range:  # the Module's results, in one slice
-                    out = results[answers.start : answers.stop]  # type: ignore[assignment]
+                out: list[Result]
+                if isinstance(answers, range):  # the Module's results, in one slice
+                    out = cast(list[Result], results[answers.start : answers.stop])
                 else:
-                    out = [results[a] if type(a) is int else a for a in answers]
-                m.entry_applied(index, term, out)  # type: ignore[arg-type]
+                    out = [results[a] if isinstance(a, int) else a for a in answers]
+                m.entry_applied(index, term, out)
 
     def _superseded(self, last: int) -> bool:
         """Whether a queued snapshot takes the Module past index `last`. If so, the
