@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from tinyraft.core.sessions import Command, Run, SessionTable, Verdict, decode_runs
 from tinyraft.core.types import Entry, EntryKind, Role, SnapshotMeta
 from tinyraft.server.module_client import ModuleClient, ModuleOutOfSync, ModuleUnavailable
-from tinyraft.storage import SnapshotInfo, SnapshotWriter
+from tinyraft.storage import CompactedError, SnapshotInfo, SnapshotWriter
 
 if TYPE_CHECKING:
     from tinyraft.server.member import Member
@@ -436,13 +436,21 @@ class Applier:
             await self._rebuild()
 
     async def _rebuild(self) -> None:
-        """The Module lost its state: restore the latest snapshot, replay the log."""
+        """The Module lost its state: restore the latest snapshot, replay the log. A
+        leader's snapshot installed meanwhile compacts the log, and may prune the
+        snapshot a retried restore is about to read: then the newest one is where to
+        start again (it holds at least what the replay would have reached)."""
         target = self.applied
-        latest = self.m.data_dir.snapshots.latest()
-        assert latest is not None, "a member always holds a snapshot (index 0 at least)"
-        await self._restore(latest)
-        if target > self.applied:
-            entries = await self.m.storage(
-                self.m.data_dir.log.entries, self.applied + 1, target + 1
-            )
-            await self._apply(entries, answer=False)
+        while True:
+            latest = self.m.data_dir.snapshots.latest()
+            assert latest is not None, "a member always holds a snapshot (index 0 at least)"
+            try:
+                await self._restore(latest)
+                if target > self.applied:
+                    entries = await self.m.storage(
+                        self.m.data_dir.log.entries, self.applied + 1, target + 1
+                    )
+                    await self._apply(entries, answer=False)
+                return
+            except (CompactedError, FileNotFoundError) as err:
+                log.info("a snapshot arrived during the rebuild (%s); starting again", err)
