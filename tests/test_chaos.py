@@ -364,6 +364,41 @@ def test_a_cut_off_leader_that_still_thinks_it_leads_releases_no_linearizable_re
     )
 
 
+def test_a_cut_off_follower_that_still_knows_a_leader_releases_no_linearizable_read(
+    make_cluster: Callable[..., LocalCluster],
+):
+    """Cut a follower off; with a long election timeout it goes on believing in its
+    leader while the leader commits a write. A linearizable read sent to the follower
+    must not return the overwritten value: its Module answers at once, but the answers
+    wait for the leader to confirm a read index, which never reaches it."""
+    cluster = make_cluster(3, faults=True)
+    leader = cluster.wait_for(cluster.leader, 10, "a leader")
+    follower = next(m for m in cluster.members if m != leader)
+    assert cluster.stop(follower) == 0
+    cluster.start_sidecar(follower, env={"RAFT_ELECTION_MS": "60000"})
+    with BlockingCaller([cluster.members[leader].address]) as caller:
+        caller.apply(_put("x", "old"))
+    cluster.wait_for(lambda: _applied_everywhere(cluster), 30, f"{follower} to catch up")
+    cluster.partition([follower])
+    try:
+        with BlockingCaller([cluster.members[leader].address]) as caller:
+            caller.apply(_put("x", "new"))
+        status = cluster.status(follower)
+        assert status.leader_id == leader, f"{follower} should still know {leader} leads"
+        once = RetryPolicy(max_attempts=1, deadline=3.0)
+        with BlockingCaller([cluster.members[follower].address], timeout=3.0, retry=once) as c:
+            try:
+                answer: bytes | None = c.query(_get("x"))
+            except TinyraftError:
+                answer = None  # refusing is fine; answering stale is not
+    finally:
+        cluster.heal()
+    assert answer is None or json.loads(answer) == {"value": "new"}, (
+        f"the cut-off follower {follower} answered a linearizable read with {answer!r} "
+        f"after {leader} had committed x=new"
+    )
+
+
 def _applied_everywhere(cluster: LocalCluster) -> bool:
     statuses = [cluster.try_status(m) for m in cluster.members]
     applied = {s.applied_index if s else -1 for s in statuses}

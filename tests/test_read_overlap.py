@@ -1,12 +1,13 @@
-"""A leader's linearizable read asks its Module while its followers confirm the
-leadership (services._answer_while_confirming). Answers may leave only once the
+"""A caught-up member's linearizable read asks its Module while the read index is
+confirmed (services._answer_while_confirming). Answers may leave only once the
 confirmation is in, and only if the state they came from holds the read index it
-returned. A leader yet to commit in its term gets a later read index than the state it
-asked: a write the previous leader acknowledged may sit between the two.
+returned. A leader yet to commit in its term, or a follower whose leader committed more
+since it last said, gets a later read index than the state it asked: a write already
+acknowledged may sit between the two.
 
-The cluster tests cover a deposed leader (tests/test_chaos.py); a leader answering
-before its term's first commit lasts milliseconds there, so its branch is pinned here
-with a stand-in for the three things the read uses of a Member."""
+The cluster tests cover a deposed leader and a cut-off follower (tests/test_chaos.py);
+a later read index lasts milliseconds there, so its branch is pinned here with a
+stand-in for the three things the read uses of a Member."""
 
 from __future__ import annotations
 

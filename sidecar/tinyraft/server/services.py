@@ -425,7 +425,7 @@ class CallerService(caller_pb2_grpc.CallerServicer):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "this member is starting; retry")
         timeout = context.time_remaining() or QUERY_TIMEOUT_S
         try:
-            if consistency == cpb.CONSISTENCY_LINEARIZABLE and _applied_all_it_led(m):
+            if consistency == cpb.CONSISTENCY_LINEARIZABLE and _caught_up(m):
                 index, early = await _answer_while_confirming(m, requests, timeout)
                 if early is not None:
                     return early
@@ -472,10 +472,13 @@ class CallerService(caller_pb2_grpc.CallerServicer):
         )
 
 
-def _applied_all_it_led(m: Member) -> bool:
-    """A leader that has applied every entry it knows committed: its Module's state is
-    already as new as the read index a read arriving now gets (the commit index)."""
-    return m.core.role is Role.LEADER and m.applier.applied >= m.core.commit
+def _caught_up(m: Member) -> bool:
+    """Whether this member's Module likely holds the state a read arriving now needs:
+    it has applied every entry it knows committed, and it knows a leader. On the leader
+    that state holds the read index, which is the commit index. A follower gets its
+    read index from the leader, and it is newer if the leader committed more since it
+    last said: then the answers are dropped and the Module asked again."""
+    return m.core.leader is not None and m.applier.applied >= m.core.commit
 
 
 async def _answer_while_confirming(
@@ -486,9 +489,9 @@ async def _answer_while_confirming(
     hold. They leave only once a quorum has confirmed, so a deposed leader never
     releases them. They are linearizable if the state they came from holds the read
     index: that state is committed, it is the state at a moment after the read arrived,
-    and it holds every write acknowledged before. (A leader yet to commit in its term
-    gets a later read index: then its answers are dropped, and the caller asks again
-    once that index is applied.)"""
+    and it holds every write acknowledged before. (A later read index, as a leader yet
+    to commit in its term gets, or a follower whose leader committed more since it last
+    said, drops the answers: the caller asks again once that index is applied.)"""
     applied = m.applier.applied
     answers = asyncio.ensure_future(m.module.query_batch(requests, timeout, applied))
     try:
