@@ -333,9 +333,7 @@ def test_a_cut_off_leader_that_still_thinks_it_leads_releases_no_linearizable_re
     cluster = make_cluster(3, faults=True)
     first = cluster.wait_for(cluster.leader, 10, "a leader")
     old = next(m for m in cluster.members if m != first)
-    assert cluster.stop(old) == 0
-    cluster.start_sidecar(old, env={"RAFT_ELECTION_MS": "60000"})  # it only steps down after 60 s
-    cluster.wait_for(lambda: _applied_everywhere(cluster), 30, f"{old} to catch up")
+    _restart_never_timing_out(cluster, old)
     admin_pb2_grpc.AdminStub(cluster.channel(first)).TransferLeadership(
         apb.TransferLeadershipRequest(member_id=old), timeout=10
     )
@@ -350,12 +348,7 @@ def test_a_cut_off_leader_that_still_thinks_it_leads_releases_no_linearizable_re
             caller.apply(_put("x", "new"))
         status = cluster.status(old)
         assert status.role == "leader", f"{old} should still think it leads; it is {status.role}"
-        once = RetryPolicy(max_attempts=1, deadline=3.0)
-        with BlockingCaller([cluster.members[old].address], timeout=3.0, retry=once) as caller:
-            try:
-                answer: bytes | None = caller.query(_get("x"))
-            except TinyraftError:
-                answer = None  # refusing is fine; answering stale is not
+        answer = _read_once(cluster, old, _get("x"))
     finally:
         cluster.heal()
     assert answer is None or json.loads(answer) == {"value": "new"}, (
@@ -374,8 +367,7 @@ def test_a_cut_off_follower_that_still_knows_a_leader_releases_no_linearizable_r
     cluster = make_cluster(3, faults=True)
     leader = cluster.wait_for(cluster.leader, 10, "a leader")
     follower = next(m for m in cluster.members if m != leader)
-    assert cluster.stop(follower) == 0
-    cluster.start_sidecar(follower, env={"RAFT_ELECTION_MS": "60000"})
+    _restart_never_timing_out(cluster, follower)
     with BlockingCaller([cluster.members[leader].address]) as caller:
         caller.apply(_put("x", "old"))
     cluster.wait_for(lambda: _applied_everywhere(cluster), 30, f"{follower} to catch up")
@@ -385,18 +377,32 @@ def test_a_cut_off_follower_that_still_knows_a_leader_releases_no_linearizable_r
             caller.apply(_put("x", "new"))
         status = cluster.status(follower)
         assert status.leader_id == leader, f"{follower} should still know {leader} leads"
-        once = RetryPolicy(max_attempts=1, deadline=3.0)
-        with BlockingCaller([cluster.members[follower].address], timeout=3.0, retry=once) as c:
-            try:
-                answer: bytes | None = c.query(_get("x"))
-            except TinyraftError:
-                answer = None  # refusing is fine; answering stale is not
+        answer = _read_once(cluster, follower, _get("x"))
     finally:
         cluster.heal()
     assert answer is None or json.loads(answer) == {"value": "new"}, (
         f"the cut-off follower {follower} answered a linearizable read with {answer!r} "
         f"after {leader} had committed x=new"
     )
+
+
+def _restart_never_timing_out(cluster: LocalCluster, member: str) -> None:
+    """Restart a member with an election timeout of 60 s: cut off, it goes on believing
+    in the leader it knew (or in its own leadership) for the rest of the test."""
+    assert cluster.stop(member) == 0
+    cluster.start_sidecar(member, env={"RAFT_ELECTION_MS": "60000"})
+    cluster.wait_for(lambda: _applied_everywhere(cluster), 30, f"{member} to catch up")
+
+
+def _read_once(cluster: LocalCluster, member: str, query: bytes) -> bytes | None:
+    """A linearizable read at one member, one attempt; None if it was refused (fine:
+    answering stale is not)."""
+    once = RetryPolicy(max_attempts=1, deadline=3.0)
+    with BlockingCaller([cluster.members[member].address], timeout=3.0, retry=once) as caller:
+        try:
+            return caller.query(query)
+        except TinyraftError:
+            return None
 
 
 def _applied_everywhere(cluster: LocalCluster) -> bool:
