@@ -425,14 +425,13 @@ class CallerService(caller_pb2_grpc.CallerServicer):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "this member is starting; retry")
         timeout = context.time_remaining() or QUERY_TIMEOUT_S
         try:
-            if consistency == cpb.CONSISTENCY_LINEARIZABLE and _caught_up(m):
-                index, early = await _answer_while_confirming(m, requests, timeout)
-                if early is not None:
-                    return early
-                await asyncio.wait_for(m.applier.wait_applied(index), timeout)
-            elif consistency != cpb.CONSISTENCY_STALE:
-                lease = consistency == cpb.CONSISTENCY_LEASE
-                index = await m.read_index(lease, timeout)
+            if consistency != cpb.CONSISTENCY_STALE:
+                if consistency == cpb.CONSISTENCY_LINEARIZABLE and _caught_up(m):
+                    index, early = await _answer_while_confirming(m, requests, timeout)
+                    if early is not None:
+                        return early
+                else:
+                    index = await m.read_index(consistency == cpb.CONSISTENCY_LEASE, timeout)
                 await asyncio.wait_for(m.applier.wait_applied(index), timeout)
             applied = m.applier.applied
             return applied, *await m.module.query_batch(requests, timeout, applied)
