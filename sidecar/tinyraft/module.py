@@ -227,14 +227,17 @@ class ModuleServicer(pb_grpc.ModuleServicer):
     async def QueryBatch(self, request: Any, context: Any) -> pb.ModuleQueryBatchResponse:
         await self._check_min_index(request.min_index, context)
         query = self.module.query
-        answers: list[bytes] = []
         errors: dict[int, str] = {}
-        for position, question in enumerate(request.requests):
-            try:
-                answers.append(query(question))
-            except Exception as exc:  # this question only: the others still get answers
-                errors[position] = str(exc) or type(exc).__name__
-                answers.append(b"")
+        try:  # all questions in one pass, the usual case: no per-question bookkeeping
+            answers = list(map(query, request.requests))
+        except Exception:  # again one by one: a bad question gets its error, the rest answers
+            answers = []
+            for position, question in enumerate(request.requests):
+                try:
+                    answers.append(query(question))
+                except Exception as exc:
+                    errors[position] = str(exc) or type(exc).__name__
+                    answers.append(b"")
         if request.packed:
             return pb.ModuleQueryBatchResponse(answers=answers, errors=errors)
         return pb.ModuleQueryBatchResponse(
