@@ -47,9 +47,9 @@ def _show(value: Any) -> str:
 def _parse(raw: bytes, fields_by_op: dict[str, set[str]]) -> dict[str, Any]:
     """Decode a JSON command and check its op and exact field set."""
     try:
-        # orjson, not json: parsing is most of what a put or a get costs this Module,
-        # and orjson takes half the time. (Its dumps is slower here than json's for
-        # the small answers a batch keeps: results stay with json.)
+        # orjson, not json: parsing is most of what a command costs this Module, and
+        # orjson takes half the time. (A cas's answer, a small dict, stays with json's
+        # encoder: orjson's dumps measured slower for those.)
         cmd = orjson.loads(raw)  # UTF-8 JSON, or JSONDecodeError
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"not a JSON object: {exc}") from None
@@ -65,6 +65,19 @@ def _parse(raw: bytes, fields_by_op: dict[str, set[str]]) -> dict[str, Any]:
     return cmd
 
 
+def _usual(raw: bytes, op: str, size: int) -> dict[str, Any] | None:
+    """The command if it is `op` with `size` fields and a string key, checked in one
+    expression; None sends it through _parse, which names what is wrong. A put and a
+    get are most of what batches hold: 1.33 -> 0.88 us a put (microbenchmark)."""
+    try:
+        cmd = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(cmd) is dict and len(cmd) == size and cmd.get("op") == op:
+        return cmd if type(cmd.get("key")) is str else None
+    return None
+
+
 def _string(cmd: dict[str, Any], field: str) -> str:
     value = cmd[field]
     if not isinstance(value, str):
@@ -77,7 +90,11 @@ class KvModule(Module):
         self.data: dict[str, str] = {}
 
     def apply(self, command: bytes, index: int) -> bytes:
-        cmd = _parse(command, _FIELDS)
+        cmd = _usual(command, "put", 3)
+        if cmd is not None and type(value := cmd.get("value")) is str:
+            self.data[cmd["key"]] = value
+            return _OK
+        cmd = _parse(command, _FIELDS)  # a cas, or a command that is not well formed
         key, value = _string(cmd, "key"), _string(cmd, "value")
         if cmd["op"] == "put":
             self.data[key] = value
@@ -91,19 +108,8 @@ class KvModule(Module):
         return _dump({"ok": True, "value": value})
 
     def query(self, request: bytes) -> bytes:
-        # A well-formed get is checked in one expression; anything else goes through
-        # _parse for its error. A get is all a read costs this Module.
-        try:
-            cmd = orjson.loads(request)
-        except orjson.JSONDecodeError:
-            cmd = None
-        if not (
-            type(cmd) is dict
-            and len(cmd) == 2
-            and cmd.get("op") == "get"
-            and type(key := cmd.get("key")) is str
-        ):
-            key = _string(_parse(request, _QUERY_FIELDS), "key")  # raises its ValueError
+        cmd = _usual(request, "get", 2)
+        key = cmd["key"] if cmd is not None else _string(_parse(request, _QUERY_FIELDS), "key")
         value = self.data.get(key)
         if value is None:
             return _ABSENT
