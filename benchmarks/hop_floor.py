@@ -25,11 +25,12 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import grpc
 
 from tinyraft import event_loop
-from tinyraft.bench import BenchConfig
+from tinyraft.bench import BenchConfig, percentile
 from tinyraft.bench import run as bench_run
 
 ECHO_METHOD = "/hop_floor.Echo/Stream"
@@ -70,7 +71,13 @@ async def _serve() -> None:
     await server.stop(None)
 
 
-async def _timed(seconds: float, round_trip: Callable[[], Awaitable[None]]) -> dict[str, float]:
+def _ms(times: list[float], q: float) -> float:
+    return round(percentile(sorted(times), q) * 1e3, 3)
+
+
+async def _timed(
+    name: str, seconds: float, round_trip: Callable[[], Awaitable[None]]
+) -> dict[str, float]:
     """p50 and p99 of `round_trip` repeated for `seconds`, and this process's CPU for each."""
     for _ in range(100):  # warm: connections, caches
         await round_trip()
@@ -80,15 +87,14 @@ async def _timed(seconds: float, round_trip: Callable[[], Awaitable[None]]) -> d
         await round_trip()
         times.append(time.monotonic() - start)
     cpu = time.process_time() - cpu
-    times.sort()
     return {
-        "p50_ms": round(times[len(times) // 2] * 1e3, 3),
-        "p99_ms": round(times[int(len(times) * 0.99)] * 1e3, 3),
-        "client_cpu_ms": round(cpu / len(times) * 1e3, 3),
+        f"{name}_p50_ms": _ms(times, 0.5),
+        f"{name}_p99_ms": _ms(times, 0.99),
+        f"{name}_client_cpu_ms": round(cpu / len(times) * 1e3, 3),
     }
 
 
-async def _round_trips(grpc_port: int, tcp_port: int, seconds: float) -> dict[str, object]:
+async def _round_trips(grpc_port: int, tcp_port: int, seconds: float) -> dict[str, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         call = channel.stream_stream(ECHO_METHOD)()
 
@@ -96,7 +102,7 @@ async def _round_trips(grpc_port: int, tcp_port: int, seconds: float) -> dict[st
             await call.write(MESSAGE)
             await call.read()
 
-        grpc_rt = await _timed(seconds, over_grpc)
+        grpc_rt = await _timed("grpc_round_trip", seconds, over_grpc)
         await call.done_writing()
     reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
     frame = len(MESSAGE).to_bytes(4) + MESSAGE
@@ -105,12 +111,12 @@ async def _round_trips(grpc_port: int, tcp_port: int, seconds: float) -> dict[st
         writer.write(frame)
         await reader.readexactly(len(frame))
 
-    tcp_rt = await _timed(seconds, over_tcp)
+    tcp_rt = await _timed("tcp_round_trip", seconds, over_tcp)
     writer.close()
-    return {"grpc_round_trip": grpc_rt, "tcp_round_trip": tcp_rt}
+    return grpc_rt | tcp_rt
 
 
-def _fsyncs(directory: str, seconds: float) -> dict[str, float]:
+def _fsync_p50_ms(directory: str, seconds: float) -> float:
     """An append of one command and its fdatasync, as a follower's log write does."""
     times: list[float] = []
     with tempfile.NamedTemporaryFile(dir=directory) as f:
@@ -119,11 +125,10 @@ def _fsyncs(directory: str, seconds: float) -> dict[str, float]:
             os.write(fd, MESSAGE)
             os.fdatasync(fd)
             times.append(time.monotonic() - start)
-    times.sort()
-    return {"p50_ms": round(times[len(times) // 2] * 1e3, 3)}
+    return _ms(times, 0.5)
 
 
-def one_round(seconds: float) -> dict[str, object]:
+def one_round(seconds: float) -> dict[str, float]:
     echo = subprocess.Popen(
         [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -135,14 +140,13 @@ def one_round(seconds: float) -> dict[str, object]:
         echo.wait(timeout=10)
     finally:
         echo.kill()
-    fsync = _fsyncs(tempfile.gettempdir(), seconds)
+    fsync = _fsync_p50_ms(tempfile.gettempdir(), seconds)
     write = bench_run(BenchConfig(concurrency=1, seconds=seconds))
-    grpc_p50 = hops["grpc_round_trip"]["p50_ms"]  # type: ignore[index]
     return {
         **hops,
-        "fsync": fsync,
-        "floor_p50_ms": round(HOPS * grpc_p50 + fsync["p50_ms"], 3),
-        "sequential_write": {k: write[k] for k in ("commits_per_s", "p50_ms", "p99_ms")},
+        "fsync_p50_ms": fsync,
+        "floor_p50_ms": round(HOPS * hops["grpc_round_trip_p50_ms"] + fsync, 3),
+        **{f"sequential_{k}": cast(float, write[k]) for k in ("commits_per_s", "p50_ms", "p99_ms")},
     }
 
 
@@ -162,30 +166,8 @@ def main() -> None:
         rounds.append(one_round(args.seconds))
         print(json.dumps({"round": n, **rounds[-1]}), flush=True)
 
-    def median(*path: str) -> float:
-        values = []
-        for r in rounds:
-            value: object = r
-            for key in path:
-                value = value[key]  # type: ignore[index]
-            values.append(float(value))  # type: ignore[arg-type]
-        return round(statistics.median(values), 3)
-
-    print(
-        json.dumps(
-            {
-                "grpc_round_trip_p50_ms": median("grpc_round_trip", "p50_ms"),
-                "grpc_client_cpu_ms": median("grpc_round_trip", "client_cpu_ms"),
-                "tcp_round_trip_p50_ms": median("tcp_round_trip", "p50_ms"),
-                "fsync_p50_ms": median("fsync", "p50_ms"),
-                "floor_p50_ms": median("floor_p50_ms"),
-                "sequential_p50_ms": median("sequential_write", "p50_ms"),
-                "sequential_p99_ms": median("sequential_write", "p99_ms"),
-                "target_p50_ms": 2.0,
-                "rounds": args.rounds,
-            }
-        )
-    )
+    medians = {k: round(statistics.median(r[k] for r in rounds), 3) for k in rounds[0]}
+    print(json.dumps({**medians, "target_p50_ms": 2.0, "rounds": args.rounds}))
 
 
 if __name__ == "__main__":

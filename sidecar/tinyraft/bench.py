@@ -62,7 +62,8 @@ class _Tally:
     errors: int = 0
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The value at quantile q (0..1) of an ascending list; 0.0 for an empty one."""
     if not sorted_values:
         return 0.0
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
@@ -189,9 +190,9 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
         "size_bytes": cfg.size,
         "seconds": cfg.seconds,
         "commits_per_s": round(len(tally.writes) / cfg.seconds, 1),
-        "p50_ms": round(_percentile(latencies, 0.5) * 1000, 3),
-        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
-        "p999_ms": round(_percentile(latencies, 0.999) * 1000, 3),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 3),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 3),
+        "p999_ms": round(percentile(latencies, 0.999) * 1000, 3),
         "errors": tally.errors,
         "durable": cfg.fsync,
     }
@@ -200,8 +201,8 @@ async def drive(addresses: list[str], cfg: BenchConfig, show_progress: bool) -> 
     if cfg.reads:
         result["reads_per_s"] = round(len(reads) / cfg.seconds, 1)
         result["consistency"] = cfg.consistency
-        result["write_p99_ms"] = round(_percentile(writes, 0.99) * 1000, 3)
-        result["read_p99_ms"] = round(_percentile(reads, 0.99) * 1000, 3)
+        result["write_p99_ms"] = round(percentile(writes, 0.99) * 1000, 3)
+        result["read_p99_ms"] = round(percentile(reads, 0.99) * 1000, 3)
     return result
 
 
