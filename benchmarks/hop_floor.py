@@ -116,10 +116,11 @@ async def _round_trips(grpc_port: int, tcp_port: int, seconds: float) -> dict[st
     return grpc_rt | tcp_rt
 
 
-def _fsync_p50_ms(directory: str, seconds: float) -> float:
+def _fsync_p50_ms(seconds: float) -> float:
     """An append of one command and its fdatasync, as a follower's log write does."""
     times: list[float] = []
-    with tempfile.NamedTemporaryFile(dir=directory) as f:
+    # The default temporary directory: the one `tinyraft bench` puts its cluster in.
+    with tempfile.NamedTemporaryFile() as f:
         fd, end = f.fileno(), time.monotonic() + seconds
         while (start := time.monotonic()) < end:
             os.write(fd, MESSAGE)
@@ -140,7 +141,7 @@ def one_round(seconds: float) -> dict[str, float]:
         echo.wait(timeout=10)
     finally:
         echo.kill()
-    fsync = _fsync_p50_ms(tempfile.gettempdir(), seconds)
+    fsync = _fsync_p50_ms(seconds)
     write = bench_run(BenchConfig(concurrency=1, seconds=seconds))
     return {
         **hops,
